@@ -1,0 +1,5 @@
+"""Tables and plots."""
+
+from .plots import plot_training_curves
+
+__all__ = ["plot_training_curves"]

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs brainsparse with its test dependencies and runs the default test suite.
+# Real datasets are used when ../shared/data is beside the checkout (BRAINSPARSE_TEST_DATA),
+# small generated data otherwise. Extra arguments go to pytest (e.g. -m slow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+if [ -z "${BRAINSPARSE_TEST_DATA:-}" ] && [ -d ../shared/data ]; then
+  export BRAINSPARSE_TEST_DATA="$(cd ../shared/data && pwd)"
+fi
+exec python3 -m pytest -q "$@"

@@ -1,0 +1,433 @@
+"""The engine: owns the masks of a model's sparse layers and evolves them during training.
+
+It keeps weights, gradients and optimizer state zero off-mask at all times (a gradient hook and
+an optimizer post-step hook) and, every ``update_every`` steps until ``t_end``, runs one
+topology update (design.md):
+
+1. removal scores → keep-selection (top-k or soft) of ``links − int(ζ_t · links)`` links;
+2. percolation over the layer chains (if the method asks for it);
+3. regrowth scores → selection of ``target − links`` absent links;
+4. weights and optimizer state of removed links are zeroed; new links start at zero;
+5. metrics: removed/regrown counts, overlap, active neurons, ITOP.
+
+The pieces are the pure functions of :mod:`brainsparse.topology`, :mod:`brainsparse.scoring`,
+:mod:`brainsparse.selection`, :mod:`brainsparse.percolation` and :mod:`brainsparse.schedules`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import topology
+from ._validation import check_density, check_positive_int, link_count
+from .errors import BrainsparseError
+from .layers import find_sparse_layers, infer_chains
+from .methods import MethodConfig, resolve_method
+from .percolation import active_hidden_neurons, percolate
+from .schedules import drop_fraction, is_epitopological_minimum, linear_temperature, overlap_rate
+from .scoring import ch_l3
+from .scoring.regrowth import gradient_magnitude, random_scores
+from .scoring.removal import removal_scores
+from .selection import select
+
+_CH_VARIANTS = {"ch3_l3": "CH3", "ch2_l3": "CH2", "ch3.1_l3": "CH3.1"}
+
+
+@dataclass
+class SparseLayer:
+    """One sparsified linear layer and its bookkeeping."""
+
+    name: str
+    module: nn.Linear
+    mask: Tensor
+    density: float
+    target: int
+    ever_active: Tensor
+    frozen: bool = False
+    dense_grad: Tensor | None = None
+    last_update: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+    @property
+    def links(self) -> int:
+        return int(self.mask.sum())
+
+
+class DynamicSparseEngine:
+    """Keeps a model's linear layers sparse and evolves their topology (see :func:`sparsify`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        method: MethodConfig,
+        density: float,
+        layers: Sequence[tuple[str, nn.Linear]],
+        chains: Sequence[Sequence[str]],
+        pairs: Sequence[tuple[str, str]] = (),
+        update_every: int = 1,
+        total_steps: int | None = None,
+        seed: int = 0,
+        init_data: Tensor | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.method = method
+        self.density = 1.0 if not method.sparse else density
+        self.update_every = update_every
+        self.total_steps = total_steps
+        self.t_end = int(method.t_end_fraction * total_steps) if total_steps else None
+        self.chains = [list(c) for c in chains]
+        self.pairs = [tuple(p) for p in pairs]
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step_count = 0
+        self.history: list[dict[str, Any]] = []
+        self.layers: dict[str, SparseLayer] = {}
+        self._handles: list[Any] = []
+        if method.sparse:
+            self._build(layers, init_data)
+            self._attach()
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
+        by_name = dict(layers)
+        shapes = {n: (m.out_features, m.in_features) for n, m in layers}
+        method = self.method
+        init = method.init
+        densities = {n: self.density for n in by_name}
+        if init == "erk":
+            names = list(by_name)
+            for n, d in zip(names, topology.erk_densities([shapes[n] for n in names], self.density)):
+                densities[n] = d
+            init = "uniform"
+        correlation = None
+        if init == "csti":
+            if init_data is None:
+                raise BrainsparseError(
+                    "init 'csti' needs a batch of input data: pass init_data=<tensor (samples, features)> "
+                    "or choose another init (uniform, erk, bsw, bsf, brf)"
+                )
+            correlation = topology.feature_correlation(init_data.reshape(init_data.shape[0], -1).float())
+        for chain in self.chains:
+            masks = topology.initial_masks(
+                [shapes[n] for n in chain],
+                [densities[n] for n in chain],
+                init,
+                generator=self.generator,
+                correlation=correlation,
+                **method.init_params,
+            )
+            for name, mask in zip(chain, masks):
+                module = by_name[name]
+                mask = mask.to(module.weight.device)
+                self.layers[name] = SparseLayer(
+                    name=name,
+                    module=module,
+                    mask=mask,
+                    density=densities[name],
+                    target=link_count(densities[name], *shapes[name]),
+                    ever_active=mask.clone(),
+                )
+        # keep module order, independent of chain order
+        self.layers = {n: self.layers[n] for n, _ in layers}
+        with torch.no_grad():
+            for layer in self.layers.values():
+                if method.weight_init == "swi":
+                    topology.sparse_weight_init(layer.weight, layer.mask, layer.density, generator=self.generator)
+                elif method.weight_init == "kaiming":
+                    topology.kaiming_init(layer.weight, layer.mask, generator=self.generator)
+        self.apply_masks()
+
+    def _attach(self) -> None:
+        for layer in self.layers.values():
+            self._handles.append(layer.weight.register_hook(self._make_grad_hook(layer)))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self.apply_masks()))
+
+    def _needs_dense_grad(self) -> bool:
+        return self.method.regrowth == "gradient" or self.method.removal == "mest"
+
+    def _make_grad_hook(self, layer: SparseLayer):
+        def hook(grad: Tensor) -> Tensor:
+            if self._needs_dense_grad() and self.is_update_step(self.step_count + 1):
+                # RigL/MEST: keep the dense gradient of the batch just before an update [RigL]
+                layer.dense_grad = grad.detach().clone()
+            return grad * layer.mask
+
+        return hook
+
+    def detach(self) -> None:
+        """Remove the hooks this engine installed (masks stay on the weights)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------ masking
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero weights, gradients and optimizer state off-mask."""
+        for layer in self.layers.values():
+            w = layer.weight
+            w.mul_(layer.mask)
+            if w.grad is not None:
+                w.grad.mul_(layer.mask)
+            if self.optimizer is not None:
+                for value in self.optimizer.state.get(w, {}).values():
+                    if torch.is_tensor(value) and value.shape == w.shape:
+                        value.mul_(layer.mask)
+
+    # ------------------------------------------------------------------ schedule
+    def is_update_step(self, step: int) -> bool:
+        """Whether the topology evolves after optimizer step ``step`` (1-based)."""
+        if not (self.method.sparse and self.method.dynamic and self.layers):
+            return False
+        if step % self.update_every != 0:
+            return False
+        if self.t_end is not None and step >= self.t_end:
+            return False
+        return not all(layer.frozen for layer in self.layers.values())
+
+    def step(self) -> dict[str, Any] | None:
+        """Count one optimizer step; run a topology update when it is due. Returns its record."""
+        self.step_count += 1
+        if self.is_update_step(self.step_count):
+            return self.update()
+        return None
+
+    # ------------------------------------------------------------------ update
+    def _removal_keep(self, layer: SparseLayer, zeta: float, temperature: float) -> Tensor:
+        mask = layer.mask
+        n_on = int(mask.sum())
+        n_keep = n_on - int(n_on * zeta)
+        if layer.frozen or n_keep == n_on:
+            return mask.clone()
+        grad = layer.dense_grad if self.method.removal == "mest" else None
+        scores = removal_scores(self.method.removal, layer.weight, mask, grad)
+        return select(
+            scores, n_keep, mask, rule=self.method.removal_rule, temperature=temperature,
+            generator=self.generator, fallback=mask,
+        )
+
+    def _regrowth_scores(self, layer: SparseLayer, kept: Tensor) -> Tensor:
+        kind = self.method.regrowth
+        if kind == "random":
+            return random_scores(kept, generator=self.generator)
+        if kind == "gradient":
+            if layer.dense_grad is None:
+                raise BrainsparseError(
+                    f"layer {layer.name}: gradient regrowth needs a backward pass before the update step"
+                )
+            return gradient_magnitude(layer.dense_grad, kept)
+        return ch_l3(kept.cpu(), variant=_CH_VARIANTS[kind], exact=self.method.regrowth_exact).to(kept.device)
+
+    def _active_neurons(self, masks: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per layer: (active output rows, active input columns) after percolation."""
+        active: dict[str, tuple[Tensor, Tensor]] = {}
+        for chain in self.chains:
+            chain_masks = [masks[n] for n in chain]
+            hidden = active_hidden_neurons(chain_masks)
+            for i, name in enumerate(chain):
+                rows = hidden[i] if i + 1 < len(chain) else torch.ones_like(hidden[i])
+                cols = hidden[i - 1] if i > 0 else torch.ones(chain_masks[i].shape[1], dtype=torch.bool, device=rows.device)
+                active[name] = (rows, cols)
+        return active
+
+    @torch.no_grad()
+    def update(self) -> dict[str, Any]:
+        """Run one topology update now (removal, percolation, regrowth) and return its record."""
+        step = self.step_count
+        t_end = self.t_end or max(step, 1)
+        zeta = drop_fraction(step, t_end, self.method.drop_fraction, self.method.drop_schedule)
+        temperature = linear_temperature(step, t_end, *self.method.removal_temperature)
+        before = {n: layer.mask.clone() for n, layer in self.layers.items()}
+
+        kept = {n: self._removal_keep(layer, zeta, temperature) for n, layer in self.layers.items()}
+        if self.method.percolation:
+            kept = percolate(kept, self.chains, self.pairs)
+        active = self._active_neurons(kept)
+
+        record: dict[str, Any] = {"step": step, "drop_fraction": zeta, "temperature": temperature, "layers": {}}
+        for name, layer in self.layers.items():
+            m1 = kept[name]
+            n_grow = layer.target - int(m1.sum())
+            grown = torch.zeros_like(m1)
+            if n_grow > 0:
+                scores = self._regrowth_scores(layer, m1)
+                rows, cols = active[name]
+                grown = select(
+                    scores, n_grow, ~m1, rule=self.method.regrowth_rule,
+                    temperature=self.method.regrowth_temperature, generator=self.generator,
+                    fallback=rows[:, None] & cols[None, :],
+                )
+            elif n_grow < 0:  # more links than the target (a smaller target was set): drop at random
+                drop = select(torch.ones_like(m1, dtype=torch.float32), -n_grow, m1, generator=self.generator)
+                m1 = m1 & ~drop
+            new_mask = m1 | grown
+            removed = before[name] & ~m1
+            n_removed, n_grown = int(removed.sum()), int(grown.sum())
+            n_back = int((removed & grown).sum())
+            overlap = overlap_rate(n_removed, n_grown, n_back)
+            self._set_mask(layer, new_mask, new_links=new_mask & ~before[name])
+            layer.ever_active |= new_mask
+            layer.dense_grad = None
+            was_frozen = layer.frozen
+            if self.method.early_stop is not None and not layer.frozen and n_grown > 0:
+                layer.frozen = is_epitopological_minimum(overlap, self.method.early_stop)
+            layer.last_update = {
+                "removed": n_removed, "regrown": n_grown, "overlap": overlap,
+                "links": layer.links, "frozen": layer.frozen,
+            }
+            record["layers"][name] = dict(layer.last_update, froze_now=layer.frozen and not was_frozen)
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor) -> None:
+        layer.mask = mask
+        w = layer.weight
+        w.masked_fill_(new_links, 0.0)  # new links start at weight 0
+        if self.optimizer is not None:
+            for value in self.optimizer.state.get(w, {}).values():
+                if torch.is_tensor(value) and value.shape == w.shape:
+                    value.masked_fill_(new_links, 0.0)  # and with fresh optimizer state
+        self.apply_masks()
+
+    # ------------------------------------------------------------------ reporting
+    def report(self) -> dict[str, Any]:
+        """Per-layer density, active neurons, overlap and ITOP, plus network-wide totals."""
+        masks = {n: layer.mask for n, layer in self.layers.items()}
+        layers: dict[str, Any] = {}
+        hidden_total = hidden_active = 0
+        for chain in self.chains:
+            chain_masks = [masks[n] for n in chain]
+            hidden = active_hidden_neurons(chain_masks)
+            for i, name in enumerate(chain):
+                layer = self.layers[name]
+                mask = masks[name]
+                layers[name] = {
+                    "shape": list(mask.shape),
+                    "links": layer.links,
+                    "target": layer.target,
+                    "density": layer.links / mask.numel(),
+                    "active_in": int(mask.any(dim=0).sum()),
+                    "active_out": int(mask.any(dim=1).sum()),
+                    "active_neurons": int(hidden[i].sum()),
+                    "itop": float(layer.ever_active.float().mean()),
+                    "overlap": layer.last_update.get("overlap"),
+                    "frozen": layer.frozen,
+                }
+                hidden_total += mask.shape[0]
+                hidden_active += int(hidden[i].sum())
+        total_links = sum(v["links"] for v in layers.values())
+        total_size = sum(layer.mask.numel() for layer in self.layers.values())
+        return {
+            "method": self.method.name,
+            "step": self.step_count,
+            "updates": len(self.history),
+            "density": total_links / total_size if total_size else 1.0,
+            "active_neuron_rate": hidden_active / hidden_total if hidden_total else 1.0,
+            "itop": (sum(v["itop"] for v in layers.values()) / len(layers)) if layers else 1.0,
+            "layers": layers,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume the topology evolution exactly."""
+        return {
+            "method": self.method.to_dict(),
+            "density": self.density,
+            "update_every": self.update_every,
+            "total_steps": self.total_steps,
+            "seed": self.seed,
+            "step": self.step_count,
+            "generator": self.generator.get_state(),
+            "masks": {n: l.mask.cpu().clone() for n, l in self.layers.items()},
+            "ever_active": {n: l.ever_active.cpu().clone() for n, l in self.layers.items()},
+            "frozen": {n: l.frozen for n, l in self.layers.items()},
+            "last_update": {n: dict(l.last_update) for n, l in self.layers.items()},
+            "history": copy.deepcopy(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore masks, counters and the random generator; re-applies the masks."""
+        names = set(state["masks"])
+        if names != set(self.layers):
+            raise BrainsparseError(
+                f"checkpoint layers {sorted(names)} do not match this model's sparse layers {sorted(self.layers)}"
+            )
+        self.step_count = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.history = copy.deepcopy(state["history"])
+        for name, layer in self.layers.items():
+            device = layer.weight.device
+            layer.mask = state["masks"][name].to(device).bool()
+            layer.ever_active = state["ever_active"][name].to(device).bool()
+            layer.frozen = bool(state["frozen"][name])
+            layer.last_update = dict(state["last_update"][name])
+        self.apply_masks()
+
+
+def sparsify(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    method: str | MethodConfig = "chts",
+    density: float = 0.01,
+    init: str | None = None,
+    update_every: int = 1,
+    total_steps: int | None = None,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    chains: Sequence[Sequence[str]] | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
+    seed: int | None = None,
+    init_data: Tensor | None = None,
+    **method_options: Any,
+) -> DynamicSparseEngine:
+    """Make ``model``'s linear layers sparse and return the engine that evolves them.
+
+    ``method`` names a preset (dense, static, set, rigl, cht, chts) or is a
+    :class:`MethodConfig`; ``init`` overrides its initial topology (uniform, er, erk, bsw, bsf,
+    brf, csti) and ``method_options`` override any other field (e.g. ``beta=0.5`` for BSW,
+    ``drop_fraction=0.2``, ``regrowth_exact=False``). Call ``engine.step()`` after every
+    ``optimizer.step()``; the topology evolves every ``update_every`` steps until
+    ``t_end_fraction · total_steps``.
+    """
+    density = check_density(density)
+    update_every = check_positive_int(update_every, "update_every")
+    if total_steps is not None:
+        total_steps = check_positive_int(total_steps, "total_steps")
+    init_params = {k: method_options.pop(k) for k in ("beta", "r", "degree") if k in method_options}
+    overrides: dict[str, Any] = dict(method_options)
+    if init is not None:
+        overrides["init"] = init
+    if init_params:
+        overrides["init_params"] = init_params
+    config = resolve_method(method, **overrides)
+    layers = find_sparse_layers(model, include, exclude) if config.sparse else []
+    names = [n for n, _ in layers]
+    if chains is None:
+        chain_list = infer_chains(model, names)
+    else:
+        chain_list = [list(c) for c in chains]
+        unknown = sorted({n for c in chain_list for n in c} - set(names))
+        if unknown:
+            raise BrainsparseError(f"chain layer {unknown[0]!r} is not a sparse layer; sparse layers: {', '.join(names)}")
+        covered = {n for c in chain_list for n in c}
+        chain_list += [[n] for n in names if n not in covered]
+    if seed is None:
+        seed = torch.initial_seed() % (2**63)
+    return DynamicSparseEngine(
+        model, optimizer, config, density, layers, chain_list, pairs,
+        update_every=update_every, total_steps=total_steps, seed=seed, init_data=init_data,
+    )

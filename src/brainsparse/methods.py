@@ -1,0 +1,116 @@
+"""Method presets: each named method is a configuration of the shared pieces, nothing more.
+
+A :class:`MethodConfig` names the initial topology, removal score and rule, percolation,
+regrowth score and rule, and the schedules. ``resolve_method("chts", drop_fraction=0.2)``
+returns the preset with overrides applied and validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._validation import check_choice, check_unit_interval
+from .errors import BrainsparseError
+from .schedules import DROP_SCHEDULES
+from .scoring.removal import REMOVAL_SCORES
+
+REGROWTH_SCORES = ("random", "gradient", "ch3_l3", "ch2_l3", "ch3.1_l3")
+INITS = ("uniform", "er", "erk", "bsw", "bsf", "brf", "csti")
+WEIGHT_INITS = ("swi", "kaiming", "keep")
+SELECTION_RULES = ("topk", "soft")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Everything that distinguishes one sparse-training method from another."""
+
+    name: str
+    sparse: bool = True  # False: dense training, the engine only reports
+    dynamic: bool = True  # False: static sparse, the topology never changes
+    init: str = "uniform"  # initial topology (see brainsparse.topology)
+    init_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"beta": 0.25}
+    weight_init: str = "swi"  # swi | kaiming | keep
+    removal: str = "magnitude"  # magnitude | relative_importance | mest
+    removal_rule: str = "topk"  # topk | soft
+    removal_temperature: tuple[float, float] = (1.0, 3.0)  # soft removal T, linear start -> end over T_end
+    percolation: bool = False
+    regrowth: str = "random"  # random | gradient | ch3_l3 | ch2_l3 | ch3.1_l3
+    regrowth_exact: bool = True  # CH scores: exact path form (True) or matrix form (False)
+    regrowth_rule: str = "topk"  # topk | soft
+    regrowth_temperature: float = 1.0  # soft regrowth exponent T' (delta = 0.5)
+    drop_fraction: float = 0.3  # zeta
+    drop_schedule: str = "constant"  # constant | cosine
+    t_end_fraction: float = 1.0  # topology updates only while step < t_end_fraction * total_steps
+    early_stop: float | None = None  # overlap threshold that freezes a layer (CHT), None = never
+
+    def __post_init__(self) -> None:
+        check_choice(self.init, INITS, "init")
+        check_choice(self.weight_init, WEIGHT_INITS, "weight init")
+        check_choice(self.removal, REMOVAL_SCORES, "removal score")
+        check_choice(self.removal_rule, SELECTION_RULES, "removal rule")
+        check_choice(self.regrowth, REGROWTH_SCORES, "regrowth score")
+        check_choice(self.regrowth_rule, SELECTION_RULES, "regrowth rule")
+        check_choice(self.drop_schedule, DROP_SCHEDULES, "drop schedule")
+        check_unit_interval(self.drop_fraction, "drop_fraction")
+        if not 0.0 < self.t_end_fraction <= 1.0:
+            raise BrainsparseError(f"t_end_fraction {self.t_end_fraction!r} is outside (0, 1]")
+        if self.early_stop is not None:
+            check_unit_interval(self.early_stop, "early_stop threshold")
+        if self.regrowth_temperature < 0 or min(self.removal_temperature) < 0:
+            raise BrainsparseError("temperatures must be >= 0")
+        if "beta" in self.init_params:
+            check_unit_interval(self.init_params["beta"], "beta")
+        if "r" in self.init_params:
+            check_unit_interval(self.init_params["r"], "r")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description."""
+        d = dataclasses.asdict(self)
+        d["removal_temperature"] = list(self.removal_temperature)
+        return d
+
+
+PRESETS: dict[str, MethodConfig] = {
+    "dense": MethodConfig(name="dense", sparse=False, dynamic=False, weight_init="keep"),
+    "static": MethodConfig(name="static", dynamic=False),
+    "set": MethodConfig(name="set", init="uniform", removal="magnitude", regrowth="random"),
+    "rigl": MethodConfig(
+        name="rigl", init="uniform", removal="magnitude", regrowth="gradient",
+        drop_schedule="cosine", t_end_fraction=0.75,
+    ),
+    "cht": MethodConfig(
+        name="cht", init="csti", removal="magnitude", percolation=True, regrowth="ch3_l3",
+        regrowth_exact=True, early_stop=0.9,
+    ),
+    "chts": MethodConfig(
+        name="chts", init="bsw", init_params={"beta": 0.25}, removal="magnitude", removal_rule="soft",
+        removal_temperature=(1.0, 3.0), percolation=True, regrowth="ch3_l3", regrowth_exact=True,
+        regrowth_rule="soft", regrowth_temperature=1.0,
+    ),
+}
+
+
+def method_names() -> list[str]:
+    """Names of the built-in presets."""
+    return list(PRESETS)
+
+
+def resolve_method(method: str | MethodConfig, **overrides: Any) -> MethodConfig:
+    """The preset called ``method`` (or ``method`` itself) with ``overrides`` applied and checked."""
+    if isinstance(method, MethodConfig):
+        base = method
+    else:
+        key = check_choice(method, PRESETS, "method")
+        base = PRESETS[key]
+    if not overrides:
+        return base
+    known = {f.name for f in dataclasses.fields(MethodConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise BrainsparseError(f"unknown method option {unknown[0]!r}; allowed: {', '.join(sorted(known - {'name'}))}")
+    if "init_params" in overrides:
+        overrides = dict(overrides)
+        overrides["init_params"] = {**base.init_params, **overrides["init_params"]}
+    return dataclasses.replace(base, **overrides)

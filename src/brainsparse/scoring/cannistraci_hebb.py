@@ -1,0 +1,455 @@
+"""Cannistraci–Hebb (CH) link prediction on paths of length 3 for one bipartite sparse layer.
+
+A layer's bool mask ``M`` of shape ``(out, in)`` is read as a bipartite graph: rows are output
+neurons ``u``, columns are input neurons ``v``, a link is a true entry. For an absent pair
+``(u, v)`` the L3 paths are ``u – z1 – z2 – v`` with ``z1`` an input neuron linked to ``u``,
+``z2`` an output neuron linked to ``v`` and ``z1 – z2`` a link. The *local community* of
+``(u, v)`` is the set of all ``z1`` and ``z2`` on those paths. For a community node ``z``:
+
+* internal degree ``di_z`` = its links to other community nodes;
+* external degree ``de_z = deg(z) − di_z − (1 if z is linked to u or to v)``.
+
+In a bipartite layer ``di(z1) = |N(z1) ∩ N(v)| = CN_I[v, z1]`` (common outputs of ``z1`` and
+``v``) and ``di(z2) = |N(z2) ∩ N(u)| = CN_O[u, z2]`` (common inputs of ``z2`` and ``u``), so
+``de(z1) = deg(z1) − CN_I[v, z1] − 1`` and ``de(z2) = deg(z2) − CN_O[u, z2] − 1``, with
+``CN_O = M Mᵀ`` and ``CN_I = Mᵀ M``.
+
+Path-based scores (exact, "L3p"):
+
+* [CH3-L3]   ``CH3(u, v)   = Σ_paths 1 / sqrt((1 + de_z1)(1 + de_z2))``
+* [CH2-L3]   ``CH2(u, v)   = Σ_paths sqrt((1 + di_z1)(1 + di_z2)) / sqrt((1 + de_z1)(1 + de_z2))``
+* [CH3.1-L3] ``CH3.1(u, v) = Σ_paths 1 / sqrt((1/(1 + di_z1) + de_z1) · (1/(1 + di_z2) + de_z2))``
+
+Matrix form ("L3n", [CH-L3 matrix approximation], NeurIPS'25): each community node counted once
+with a node weight, summed arithmetically (see :func:`ch_l3_matrix`).
+
+Public functions: :func:`ch_l3` (dispatcher), :func:`ch_l3_exact` (vectorised path form),
+:func:`ch_l3_matrix` (matrix form), and the slow test oracles :func:`ch_l3_reference` (path form
+straight from the definition) and :func:`ch_l3_node_reference` (node-based definition that the
+matrix form equals). All return a float32 ``(out, in)`` tensor that is zero at existing links.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from .._validation import check_choice
+from ..errors import BrainsparseError
+
+__all__ = [
+    "VARIANTS",
+    "ch_l3",
+    "ch_l3_exact",
+    "ch_l3_matrix",
+    "ch_l3_reference",
+    "ch_l3_node_reference",
+]
+
+#: Supported CH variants (case-insensitive on input).
+VARIANTS: tuple[str, ...] = ("CH2", "CH3", "CH3.1")
+
+#: Default cap on the number of L3 paths handled per chunk of seed rows.
+DEFAULT_MAX_PATHS_PER_CHUNK = 1 << 25
+# Cap on rows × (out + in) dense cells per chunk (per-chunk counts and output block).
+_MAX_CELLS_PER_CHUNK = 1 << 24
+
+_EXACT_METHODS = ("sparse", "enumerate")
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+def _as_mask(mask) -> Tensor:
+    """Return ``mask`` as a 2-D bool tensor; accept bool or 0/1 numeric input, else raise."""
+    if not isinstance(mask, Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except Exception:
+            raise BrainsparseError(
+                f"mask must be a 2-D bool tensor of shape (out, in); got {type(mask).__name__}"
+            ) from None
+    if mask.dim() != 2:
+        raise BrainsparseError(
+            f"mask must be 2-D of shape (out, in); got shape {tuple(mask.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
+        raise BrainsparseError(
+            f"mask must be bool or contain only 0 and 1; got dtype {mask.dtype} with other values"
+        )
+    return mask != 0
+
+
+def _canonical_variant(variant) -> str:
+    key = check_choice(variant, VARIANTS, "variant")
+    return {v.lower(): v for v in VARIANTS}[key]
+
+
+# --------------------------------------------------------------------------------------------
+# per-node factors
+# --------------------------------------------------------------------------------------------
+def _path_factor(di: Tensor, deg: Tensor, variant: str) -> Tensor:
+    """Factor of one path node given its internal degree ``di`` and degree ``deg`` (float64).
+
+    The path term of every variant is the product of the two nodes' factors:
+    CH3 ``1/sqrt(1+de)``, CH2 ``sqrt((1+di)/(1+de))``, CH3.1 ``1/sqrt(1/(1+di) + de)``, with
+    ``de = deg − di − 1``. Pairs that cannot lie on a path to a candidate (``di = 0`` or
+    ``de < 0``, which only happens on paths ending at an existing link) get factor 0.
+    """
+    de = deg - di - 1.0
+    valid = (di > 0) & (de >= 0)
+    de = de.clamp_min(0.0)
+    if variant == "CH3":
+        f = torch.rsqrt(1.0 + de)
+    elif variant == "CH2":
+        f = torch.sqrt((1.0 + di) / (1.0 + de))
+    else:  # CH3.1
+        f = torch.rsqrt(1.0 / (1.0 + di) + de)
+    return torch.where(valid, f, torch.zeros_like(f))
+
+
+def _node_weight_matrix(c: Tensor, deg: Tensor, variant: str) -> Tensor:
+    """Steps 2–3 of the matrix form for one side: ``c`` common-neighbour counts, ``deg`` degrees
+    broadcast along the last index."""
+    b = (c != 0).to(c.dtype)
+    e = (deg.unsqueeze(0) - c) * b
+    e = (e - 1.0).clamp_min(0.0)  # entries 0 and 1 both become 0
+    if variant == "CH3":
+        return b / (e + 1.0)
+    if variant == "CH2":
+        return (c + b) / (e + 1.0)
+    # CH3.1 (REPO-B node weight): (C + B) / (1 + E)^(1 + E/(1 + E))
+    return (c + b) / torch.pow(e + 1.0, 1.0 + e / (e + 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# exact, vectorised path form
+# --------------------------------------------------------------------------------------------
+def _chunks(costs: Tensor, cap: int, max_items: int) -> Iterator[tuple[int, int]]:
+    """Greedy contiguous ranges ``[a, b)`` with ``sum(costs[a:b]) <= cap`` (at least one item)
+    and at most ``max_items`` items each."""
+    n = costs.numel()
+    if n == 0:
+        return
+    cum = torch.cumsum(costs.to(torch.int64), 0).cpu()
+    start = 0
+    while start < n:
+        before = int(cum[start - 1]) if start > 0 else 0
+        end = int(torch.searchsorted(cum, torch.tensor(before + cap, dtype=torch.int64), right=True))
+        end = min(max(end, start + 1), start + max_items, n)
+        yield start, end
+        start = end
+
+
+def _expand(counts: Tensor, output_size: int) -> tuple[Tensor, Tensor]:
+    """For items with ``counts``: the item id of every expanded element, and its rank within
+    its item (0 .. count−1)."""
+    dev = counts.device
+    src = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=output_size)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(output_size, device=dev) - first[src]
+    return src, rank
+
+
+def _csr(crow: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor:
+    return torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
+
+
+def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> Tensor:
+    """Body of :func:`ch_l3_exact` (validated input); existing links are not yet zeroed."""
+    n_out, n_in = m.shape
+    dev = m.device
+    out = torch.zeros(n_out, n_in, dtype=torch.float32, device=dev)
+    rows, cols = m.nonzero(as_tuple=True)  # row-major order = CSR
+    n_links = rows.numel()
+    if n_links == 0:
+        return out
+    i64 = torch.int64
+    deg_o = torch.bincount(rows, minlength=n_out)
+    deg_i = torch.bincount(cols, minlength=n_in)
+    zero = torch.zeros(1, dtype=i64, device=dev)
+    row_ptr = torch.cat([zero, torch.cumsum(deg_o, 0)])
+    col_ptr = torch.cat([zero, torch.cumsum(deg_i, 0)])
+    csr_col = cols
+    # links in CSC order (sorted by input z1, then output z2): link id e indexes these arrays
+    order = torch.argsort(cols * n_out + rows)
+    csc_z2 = rows[order]
+    csc_z1 = cols[order]
+    del order
+
+    # ---- last-hop table Q: row e = link (z2, z1), entries v ∈ N(z2), value f_I(v, z1)
+    af = m.to(torch.float32)
+    cn_i = (af.t() @ af).reshape(-1)  # CN_I[v, z1], exact small integers in float32
+    del af
+    q_cnt = deg_o[csc_z2]
+    q_crow = torch.cat([zero, torch.cumsum(q_cnt, 0)])
+    n_q = int(q_crow[-1])
+    q_src, q_rank = _expand(q_cnt, n_q)
+    q_col = csr_col[row_ptr[csc_z2][q_src] + q_rank]
+    del q_rank
+    z1q = csc_z1[q_src]
+    del q_src
+    q_val = _path_factor(
+        cn_i[q_col * n_in + z1q].to(torch.float64), deg_i[z1q].to(torch.float64), var
+    )
+    del z1q, cn_i
+    if meth == "sparse":
+        q_mat = _csr(q_crow, q_col, q_val, (n_links, n_in))
+
+    # ---- paths per seed row (for chunking): Σ_{z1∈N(u)} Σ_{z2∈N(z1)} deg(z2)
+    s1 = torch.zeros(n_in, dtype=i64, device=dev).index_add_(0, cols, deg_o[rows])
+    paths_per_row = torch.zeros(n_out, dtype=i64, device=dev).index_add_(0, rows, s1[cols])
+    max_rows = max(1, _MAX_CELLS_PER_CHUNK // (n_out + n_in))
+
+    for r0, r1 in _chunks(paths_per_row, max_paths_per_chunk, max_rows):
+        n_rows = r1 - r0
+        l0, l1 = int(row_ptr[r0]), int(row_ptr[r1])
+        if l1 == l0:
+            continue
+        z1 = csr_col[l0:l1]
+        lu = rows[l0:l1] - r0  # local seed row of each link (u, z1)
+        t_cnt = deg_i[z1]
+        n_t = int(t_cnt.sum())
+        t_src, t_rank = _expand(t_cnt, n_t)
+        e = col_ptr[z1][t_src] + t_rank  # CSC link id of (z2, z1)
+        del t_rank
+        tu = lu[t_src]
+        del t_src
+        z2 = csc_z2[e]
+        # di(z2) = CN_O[u, z2] = number of triples (u, ·, z2)
+        key = tu * n_out + z2
+        cn_o = torch.bincount(key, minlength=n_rows * n_out)[key]
+        w = _path_factor(cn_o.to(torch.float64), deg_o[z2].to(torch.float64), var)
+        del key, cn_o, z2
+        keep = w != 0
+        tu, e, w = tu[keep], e[keep], w[keep]
+        if w.numel() == 0:
+            continue
+        if meth == "sparse":
+            # triples of a row are ordered by (z1, z2), i.e. by increasing e: a valid CSR
+            p_crow = torch.cat([zero, torch.cumsum(torch.bincount(tu, minlength=n_rows), 0)])
+            p_mat = _csr(p_crow, e, w, (n_rows, n_links))
+            block = (p_mat @ q_mat).to_dense()
+        else:
+            block = torch.zeros(n_rows * n_in, dtype=torch.float64, device=dev)
+            p_cnt = q_cnt[e]
+            for a, b in _chunks(p_cnt, max_paths_per_chunk, p_cnt.numel()):
+                cnt = p_cnt[a:b]
+                n_p = int(cnt.sum())
+                p_src, p_rank = _expand(cnt, n_p)
+                qi = q_crow[e[a:b]][p_src] + p_rank
+                v = q_col[qi]
+                block.index_add_(0, tu[a:b][p_src] * n_in + v, w[a:b][p_src] * q_val[qi])
+            block = block.view(n_rows, n_in)
+        out[r0:r1] = block.to(torch.float32)
+    return out
+
+
+def ch_l3_exact(
+    mask: Tensor,
+    variant: str = "CH3",
+    *,
+    max_paths_per_chunk: int = DEFAULT_MAX_PATHS_PER_CHUNK,
+    method: str = "sparse",
+) -> Tensor:
+    """Exact path-based CH score on L3 paths, vectorised: [CH3-L3], [CH2-L3] or [CH3.1-L3].
+
+    ``score(u, v) = Σ_{paths u–z1–z2–v} f_I(v, z1) · f_O(u, z2)`` where the node factors come
+    from the local-community degrees ``di(z1) = CN_I[v, z1]``, ``de(z1) = deg(z1) − di(z1) − 1``,
+    ``di(z2) = CN_O[u, z2]``, ``de(z2) = deg(z2) − di(z2) − 1``:
+
+    * [CH3-L3]   ``Σ 1/sqrt((1+de_z1)(1+de_z2))``
+    * [CH2-L3]   ``Σ sqrt((1+di_z1)(1+di_z2)) / sqrt((1+de_z1)(1+de_z2))``
+    * [CH3.1-L3] ``Σ 1/sqrt((1/(1+di_z1)+de_z1)(1/(1+di_z2)+de_z2))``
+
+    Algorithm: CSR/CSC neighbour lists of the mask; for each chunk of seed rows ``u`` the
+    triples ``(u, z1, z2)`` are enumerated as index tensors (``repeat_interleave`` + gathers),
+    ``di(z2)`` is the number of triples sharing ``(u, z2)`` and gives the factor ``f_O``. The last
+    hop ``z2 → v`` uses a table with one entry per (link ``z1–z2``, ``v ∈ N(z2)``) holding
+    ``f_I(v, z1)`` (``di(z1)`` read from ``CN_I = MᵀM``). ``method="sparse"`` sums the paths as a
+    CSR × CSR product (triples × table); ``method="enumerate"`` expands every path
+    ``(u, z1, z2, v)`` explicitly and accumulates with ``index_add_``. Both add exactly the path
+    terms; paths ending on an existing link are discarded by zeroing existing links at the end.
+    Sums are accumulated in float64.
+
+    Complexity: time O(#L3 paths) ≈ O(N · k³) for N neurons of mean degree k, plus O(in² · out)
+    for ``CN_I`` (a dense matmul); memory O(in²) for ``CN_I``, O(Σ deg(z2)²) ≈ O(N · k²) for the
+    last-hop table, and per chunk at most ``max_paths_per_chunk`` paths (``method="enumerate"``)
+    or rows·(out+in) ≤ 2²⁴ cells.
+
+    Args:
+        mask: bool (or 0/1) tensor of shape ``(out, in)``.
+        variant: ``"CH2"``, ``"CH3"`` or ``"CH3.1"`` (case-insensitive).
+        max_paths_per_chunk: cap on the number of L3 paths handled at once (≥ 1).
+        method: ``"sparse"`` (default, fastest) or ``"enumerate"``.
+
+    Returns:
+        float32 tensor ``(out, in)`` on the mask's device, zero at existing links.
+    """
+    m = _as_mask(mask)
+    var = _canonical_variant(variant)
+    meth = check_choice(method, _EXACT_METHODS, "method")
+    if isinstance(max_paths_per_chunk, bool) or not isinstance(max_paths_per_chunk, int) or max_paths_per_chunk < 1:
+        raise BrainsparseError(
+            f"max_paths_per_chunk {max_paths_per_chunk!r} is not a positive integer; allowed: an integer >= 1"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        out = _exact_scores(m, var, max_paths_per_chunk, meth)
+    return out.masked_fill_(m, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# matrix form
+# --------------------------------------------------------------------------------------------
+def ch_l3_matrix(mask: Tensor, variant: str = "CH3") -> Tensor:
+    """Matrix form of CH on L3 [CH-L3 matrix approximation] (NeurIPS'25 "L3n"), float32.
+
+    With ``A = M`` as a 0/1 float32 matrix ``(out, in)``:
+
+    1. ``C = A·Aᵀ`` (common inputs of two output neurons), ``B = (C ≠ 0)``;
+    2. ``E_ab = (deg(b) − C_ab)·B_ab``, then ``E ← max(E − 1, 0)`` (``deg`` along the last index);
+    3. node weights — CH3: ``Wt = B/(E+1)``; CH2: ``Wt = (C+B)/(E+1)``;
+       CH3.1: ``Wt = (C+B)/(E+1)^(1 + E/(E+1))``;
+    4. ``S_out = Wt·A`` (out × in);
+    5. the same from the input side with ``Aᵀ``: ``S_in = Wt'·Aᵀ`` (in × out);
+    6. ``scores = S_out + S_inᵀ``, zero at existing links.
+
+    It equals the node-based sum over the local community ``Z_I ∪ Z_O`` of ``(u, v)``
+    (see :func:`ch_l3_node_reference`): CH3 ``Σ_z 1/(1+de_z)``, CH2 ``Σ_z (1+di_z)/(1+de_z)``,
+    CH3.1 ``Σ_z (1+di_z)/(1+de_z)^(1+de_z/(1+de_z))``. Same support as the exact path form.
+
+    Complexity: four dense matmuls, O(out²·in + in²·out) time, O(out² + in²) memory,
+    independent of density.
+    """
+    m = _as_mask(mask)
+    var = _canonical_variant(variant)
+    a = m.to(torch.float32)
+    if a.numel() == 0:
+        return a.clone()
+    at = a.t()
+    wt_o = _node_weight_matrix(a @ at, a.sum(1), var)  # (out, out), deg of outputs
+    s_out = wt_o @ a
+    del wt_o
+    wt_i = _node_weight_matrix(at @ a, a.sum(0), var)  # (in, in), deg of inputs
+    s_in = wt_i @ at
+    del wt_i
+    scores = s_out + s_in.t()
+    return scores.masked_fill_(m, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# dispatcher
+# --------------------------------------------------------------------------------------------
+def ch_l3(mask: Tensor, variant: str = "CH3", exact: bool = True) -> Tensor:
+    """Cannistraci–Hebb L3 scores of every absent link of a bipartite layer (float32, ``(out, in)``).
+
+    ``exact=True``: path form [CH3-L3] / [CH2-L3] / [CH3.1-L3] (:func:`ch_l3_exact`, cost ∝
+    number of L3 paths ≈ N·k³). ``exact=False``: matrix form [CH-L3 matrix approximation]
+    (:func:`ch_l3_matrix`, dense O(N³)). ``variant`` in CH2, CH3, CH3.1 (case-insensitive).
+    Scores are zero at existing links and at candidates with no L3 path.
+    """
+    if not isinstance(exact, bool):
+        raise BrainsparseError(f"exact {exact!r} is not a bool; allowed: True, False")
+    if exact:
+        return ch_l3_exact(mask, variant)
+    return ch_l3_matrix(mask, variant)
+
+
+# --------------------------------------------------------------------------------------------
+# slow references (tests only)
+# --------------------------------------------------------------------------------------------
+def _graph(mask: Tensor) -> tuple[int, int, list[set[int]]]:
+    """Monopartite adjacency sets: outputs are nodes 0..out−1, inputs out..out+in−1."""
+    n_out, n_in = mask.shape
+    nbr: list[set[int]] = [set() for _ in range(n_out + n_in)]
+    for a, j in mask.nonzero().tolist():
+        nbr[a].add(n_out + j)
+        nbr[n_out + j].add(a)
+    return n_out, n_in, nbr
+
+
+def _l3_paths(nbr: list[set[int]], u: int, v: int) -> list[tuple[int, int]]:
+    """All simple paths u – z1 – z2 – v as (z1, z2)."""
+    return [
+        (z1, z2)
+        for z1 in sorted(nbr[u])
+        if z1 != v
+        for z2 in sorted(nbr[z1])
+        if z2 not in (u, v) and v in nbr[z2]
+    ]
+
+
+def _community_degrees(nbr: list[set[int]], community: set[int], u: int, v: int, z: int) -> tuple[int, int]:
+    """(di, de) of community node z: links inside the community, and links leaving it
+    (not counting one link to the seeds u or v)."""
+    di = len(nbr[z] & community)
+    de = len(nbr[z]) - di - (1 if (u in nbr[z] or v in nbr[z]) else 0)
+    return di, de
+
+
+def ch_l3_reference(mask: Tensor, variant: str = "CH3") -> Tensor:
+    """Slow, literal path form [CH3-L3] / [CH2-L3] / [CH3.1-L3], for tests on small graphs.
+
+    Loops over every absent pair, lists its L3 paths, builds the local community as a set and
+    counts each community node's internal / external degree from the graph. O(out·in·paths).
+    """
+    m = _as_mask(mask)
+    var = _canonical_variant(variant)
+    n_out, n_in, nbr = _graph(m.cpu())
+    scores = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for u in range(n_out):
+        for i in range(n_in):
+            v = n_out + i
+            if v in nbr[u]:
+                continue
+            paths = _l3_paths(nbr, u, v)
+            community = {z for path in paths for z in path}
+            total = 0.0
+            for z1, z2 in paths:
+                di1, de1 = _community_degrees(nbr, community, u, v, z1)
+                di2, de2 = _community_degrees(nbr, community, u, v, z2)
+                if var == "CH3":
+                    total += 1.0 / math.sqrt((1 + de1) * (1 + de2))
+                elif var == "CH2":
+                    total += math.sqrt((1 + di1) * (1 + di2)) / math.sqrt((1 + de1) * (1 + de2))
+                else:
+                    total += 1.0 / math.sqrt((1.0 / (1 + di1) + de1) * (1.0 / (1 + di2) + de2))
+            scores[u, i] = total
+    return scores.to(torch.float32).to(m.device)
+
+
+def ch_l3_node_reference(mask: Tensor, variant: str = "CH3") -> Tensor:
+    """Slow node-based definition that the matrix form equals, for tests on small graphs.
+
+    For every absent pair, each local-community node z (from the L3 paths) is counted once:
+    CH3 ``Σ_z 1/(1+de_z)``, CH2 ``Σ_z (1+di_z)/(1+de_z)``,
+    CH3.1 ``Σ_z (1+di_z)/(1+de_z)^(1+de_z/(1+de_z))``.
+    """
+    m = _as_mask(mask)
+    var = _canonical_variant(variant)
+    n_out, n_in, nbr = _graph(m.cpu())
+    scores = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for u in range(n_out):
+        for i in range(n_in):
+            v = n_out + i
+            if v in nbr[u]:
+                continue
+            community = {z for path in _l3_paths(nbr, u, v) for z in path}
+            total = 0.0
+            for z in community:
+                di, de = _community_degrees(nbr, community, u, v, z)
+                if var == "CH3":
+                    total += 1.0 / (1 + de)
+                elif var == "CH2":
+                    total += (1 + di) / (1 + de)
+                else:
+                    total += (1 + di) / (1 + de) ** (1 + de / (1 + de))
+            scores[u, i] = total
+    return scores.to(torch.float32).to(m.device)

@@ -1,0 +1,331 @@
+"""Training an MLP on an MNIST-family dataset with any method, into a run folder.
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
+(written atomically after every epoch), ``summary.json`` and ``curves.png``. ``resume=True``
+continues from the checkpoint and reproduces the uninterrupted run exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._validation import check_density, check_positive_int, check_unit_interval
+from ..engine import DynamicSparseEngine, sparsify
+from ..errors import BrainsparseError
+from ..methods import INITS, resolve_method
+from ..models import MLP
+from ..report import plot_training_curves
+from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one classification run (defaults: the papers' MLP recipe, algorithms.md §9)."""
+
+    dataset: str = "fashion-mnist"
+    method: str = "chts"
+    density: float = 0.01
+    epochs: int = 10
+    seed: int = 0
+    init: str | None = None  # None: the method's default initial topology
+    beta: float | None = None  # BSW rewiring probability
+    r: float | None = None  # BRF locality
+    hidden: list[int] = field(default_factory=lambda: [1568, 1568, 1568])
+    batch_size: int = 32
+    lr: float = 0.025
+    lr_final_factor: float = 0.01  # linear decay to lr·factor at 90 % of the epochs
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    update_every: int | None = None  # optimizer steps between topology updates; None = one epoch
+    drop_fraction: float | None = None
+    regrowth_exact: bool | None = None
+    train_subset: int | None = None  # use only the first N training samples (quick runs)
+    csti_samples: int = 10000  # samples used for the CSTI correlation
+    eval_batch_size: int = 1000
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`BrainsparseError` naming the first bad value."""
+        check_density(self.density)
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
+        if self.update_every is not None:
+            check_positive_int(self.update_every, "update_every")
+        if self.train_subset is not None:
+            check_positive_int(self.train_subset, "train_subset")
+        if self.init is not None and self.init.lower() not in INITS:
+            raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
+        if self.beta is not None:
+            check_unit_interval(self.beta, "beta")
+        if self.r is not None:
+            check_unit_interval(self.r, "r")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise BrainsparseError(f"lr {self.lr!r} is invalid; allowed: a positive number")
+        for h in self.hidden:
+            check_positive_int(h, "hidden width")
+        resolve_method(self.method, **self.method_overrides())
+
+    def method_overrides(self) -> dict[str, Any]:
+        """Options that change the method preset."""
+        out: dict[str, Any] = {}
+        if self.init is not None:
+            out["init"] = self.init.lower()
+        params = {k: v for k, v in (("beta", self.beta), ("r", self.r)) if v is not None}
+        if params:
+            out["init_params"] = params
+        if self.drop_fraction is not None:
+            out["drop_fraction"] = self.drop_fraction
+        if self.regrowth_exact is not None:
+            out["regrowth_exact"] = self.regrowth_exact
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _load_data(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    from ..data import load_mnist_family, num_classes
+
+    train_x, train_y, test_x, test_y = load_mnist_family(config.dataset, data_dir=config.data_dir)
+    if config.train_subset is not None:
+        train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
+    return train_x, train_y, test_x, test_y, num_classes(config.dataset)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``x, y``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += float(nn.functional.cross_entropy(out, target, reduction="sum"))
+        correct += int((out.argmax(1) == target).sum())
+    model.train()
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+class _Run:
+    """The live objects of one run (model, optimizer, schedule, engine)."""
+
+    def __init__(self, config: TrainConfig, in_features: int, n_classes: int, steps_per_epoch: int, init_data: Tensor):
+        torch.manual_seed(config.seed)
+        self.model = MLP([in_features, *config.hidden, n_classes])
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        decay_epochs = max(1, int(0.9 * config.epochs))  # 0.025 → 2.5e-4 at 90 % of training
+        self.scheduler = torch.optim.lr_scheduler.LinearLR(
+            self.optimizer, start_factor=1.0, end_factor=config.lr_final_factor, total_iters=decay_epochs
+        )
+        update_every = config.update_every or steps_per_epoch
+        self.engine: DynamicSparseEngine = sparsify(
+            self.model,
+            self.optimizer,
+            method=resolve_method(config.method, **config.method_overrides()),
+            density=config.density,
+            update_every=update_every,
+            total_steps=config.epochs * steps_per_epoch,
+            seed=config.seed,
+            init_data=init_data,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "engine": self.engine.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.engine.load_state_dict(state["engine"])
+
+
+def _epoch_record(epoch: int, engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
+    report = engine.report()
+    updates = engine.history[updates_before:]
+    record = {"epoch": epoch, **values}
+    record.update(
+        density=report["density"],
+        active_neuron_rate=report["active_neuron_rate"],
+        itop=report["itop"],
+        updates=len(updates),
+        layers={
+            name: {
+                "links": info["links"],
+                "target": info["target"],
+                "density": info["density"],
+                "active_in": info["active_in"],
+                "active_out": info["active_out"],
+                "active_neurons": info["active_neurons"],
+                "overlap": info["overlap"],
+                "frozen": info["frozen"],
+            }
+            for name, info in report["layers"].items()
+        },
+    )
+    if updates:
+        record["overlap"] = {n: v["overlap"] for n, v in updates[-1]["layers"].items()}
+    return record
+
+
+def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Check what ``out`` holds before anything is written; raise instead of clobbering a run."""
+    out = Path(out)
+    has_run = out.exists() and any((out / f).exists() for f in RUN_FILES)
+    if resume:
+        if not (out / "checkpoint.pt").exists():
+            raise BrainsparseError(f"cannot resume: no checkpoint.pt in run folder '{out}'")
+    elif has_run and not overwrite:
+        raise BrainsparseError(
+            f"run folder '{out}' already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+    if out.exists() and not out.is_dir():
+        raise BrainsparseError(f"--out '{out}' exists and is not a folder")
+
+
+def train_classifier(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate every epoch, checkpoint, and write the run folder; returns the summary.
+
+    ``stop_after_epochs`` ends the process early after that many epochs of this call (used to
+    simulate an interrupted run); the folder then resumes with ``resume=True``.
+    """
+    out = Path(out)
+    if resume:
+        prepare_run_folder(out, resume=True, overwrite=False)
+        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    config.validate()
+    if not resume:
+        prepare_run_folder(out, resume=False, overwrite=overwrite)
+
+    # Everything that can fail on bad input happens before the run folder is touched.
+    train_x, train_y, test_x, test_y, n_classes = _load_data(config)
+    steps_per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
+    init_data = train_x[: config.csti_samples]
+    run = _Run(config, train_x.shape[1], n_classes, steps_per_epoch, init_data)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, wall_before = 0, 0.0
+    if resume:
+        state = load_checkpoint(out / "checkpoint.pt")
+        run.load_state_dict(state)
+        history = state["history"]
+        start_epoch = state["epoch"]
+        wall_before = state["wall_time_s"]
+    else:
+        if overwrite and out.exists():
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(config))
+
+    title = f"{config.method} on {config.dataset}, density {config.density:g}, seed {config.seed}"
+    epochs_run = 0
+    for epoch in range(start_epoch, config.epochs):
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+            break
+        t0 = time.perf_counter()
+        updates_before = len(run.engine.history)
+        order = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+            leave=False, dynamic_ncols=True,
+        )
+        for b in bar:
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x, y = train_x[idx], train_y[idx]
+            run.optimizer.zero_grad(set_to_none=True)
+            logits = run.model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            run.optimizer.step()
+            run.engine.step()
+            loss_sum += float(loss) * y.shape[0]
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.shape[0]
+            if b % 50 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.close()
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
+        test_loss, test_acc = evaluate(run.model, test_x, test_y, config.eval_batch_size)
+        epoch_time = time.perf_counter() - t0
+        record = _epoch_record(
+            epoch + 1, run.engine, updates_before,
+            train_loss=loss_sum / seen, train_accuracy=correct / seen,
+            test_loss=test_loss, test_accuracy=test_acc, lr=lr, epoch_time_s=epoch_time,
+        )
+        history.append(record)
+        wall_before += epoch_time
+        save_checkpoint(
+            out / "checkpoint.pt",
+            {**run.state_dict(), "epoch": epoch + 1, "history": history, "wall_time_s": wall_before,
+             "config": dataclasses.asdict(config)},
+        )
+        write_jsonl(out / "metrics.jsonl", history)
+        epochs_run += 1
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                f"test accuracy {test_acc:.4f}, active neurons {record['active_neuron_rate']:.3f}, "
+                f"density {record['density']:.4f}, {epoch_time:.1f}s"
+            )
+
+    if history:
+        plot_training_curves(history, out / "curves.png", title=title)
+    summary = summarize(config, history, wall_before)
+    if len(history) == config.epochs:
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def summarize(config: TrainConfig, history: list[dict[str, Any]], wall_time: float) -> dict[str, Any]:
+    """Final and best test accuracy, wall time and topology of a run."""
+    if not history:
+        return {"epochs_completed": 0}
+    best = max(history, key=lambda r: r["test_accuracy"])
+    last = history[-1]
+    return {
+        "dataset": config.dataset,
+        "method": config.method,
+        "density": config.density,
+        "seed": config.seed,
+        "epochs_completed": len(history),
+        "final_test_accuracy": last["test_accuracy"],
+        "best_test_accuracy": best["test_accuracy"],
+        "best_epoch": best["epoch"],
+        "final_train_loss": last["train_loss"],
+        "active_neuron_rate": last["active_neuron_rate"],
+        "final_density": last["density"],
+        "wall_time_s": wall_time,
+        "links": {n: v["links"] for n, v in last["layers"].items()},
+    }
+

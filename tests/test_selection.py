@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brainsparse.errors import BrainsparseError
+from brainsparse.selection import select
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_topk_takes_largest_scores():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.0, 0.3]])
+    cand = torch.ones(2, 3, dtype=torch.bool)
+    chosen = select(scores, 3, cand, rule="topk", generator=gen())
+    assert chosen.tolist() == [[False, True, True], [True, False, False]]
+
+
+def test_topk_respects_candidates():
+    scores = torch.tensor([[5.0, 4.0], [3.0, 2.0]])
+    cand = torch.tensor([[False, True], [True, True]])
+    chosen = select(scores, 2, cand, generator=gen())
+    assert chosen.tolist() == [[False, True], [True, False]]
+
+
+def test_topk_ties_are_broken_randomly():
+    scores = torch.ones(1, 100)
+    cand = torch.ones(1, 100, dtype=torch.bool)
+    a = select(scores, 10, cand, generator=gen(1))
+    b = select(scores, 10, cand, generator=gen(2))
+    assert int(a.sum()) == int(b.sum()) == 10
+    assert not torch.equal(a, b)
+
+
+def test_zero_scores_fill_from_fallback_only():
+    scores = torch.zeros(4, 4)
+    scores[0, 0] = 1.0
+    cand = torch.ones(4, 4, dtype=torch.bool)
+    fallback = torch.zeros(4, 4, dtype=torch.bool)
+    fallback[1, :] = True
+    chosen = select(scores, 3, cand, rule="soft", generator=gen(), fallback=fallback)
+    assert chosen[0, 0]
+    assert int(chosen[1].sum()) == 2
+    assert int(chosen.sum()) == 3
+
+
+def test_fallback_exhausted_uses_other_candidates():
+    scores = torch.zeros(3, 3)
+    cand = torch.ones(3, 3, dtype=torch.bool)
+    fallback = torch.zeros(3, 3, dtype=torch.bool)
+    fallback[0, 0] = True
+    chosen = select(scores, 4, cand, generator=gen(), fallback=fallback)
+    assert chosen[0, 0] and int(chosen.sum()) == 4
+
+
+def test_soft_sampling_frequencies_follow_score_power():
+    # With k = 1, sampling without replacement is one draw with p ∝ score^T.
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    cand = torch.ones(1, 3, dtype=torch.bool)
+    g = gen(3)
+    for temperature in (1.0, 2.0):
+        counts = torch.zeros(3)
+        n = 6000
+        for _ in range(n):
+            counts += select(scores, 1, cand, rule="soft", temperature=temperature, generator=g)[0].float()
+        expected = scores[0] ** temperature / (scores[0] ** temperature).sum()
+        assert torch.allclose(counts / n, expected, atol=0.025)
+
+
+def test_soft_with_infinite_temperature_is_topk():
+    scores = torch.rand(10, 10, generator=gen(5)) + 0.01
+    cand = torch.ones(10, 10, dtype=torch.bool)
+    assert torch.equal(
+        select(scores, 17, cand, rule="soft", temperature=math.inf, generator=gen()),
+        select(scores, 17, cand, rule="topk", generator=gen()),
+    )
+
+
+def test_soft_zero_temperature_is_uniform():
+    scores = torch.tensor([[100.0, 1e-6]])
+    cand = torch.ones(1, 2, dtype=torch.bool)
+    g = gen(9)
+    hits = sum(int(select(scores, 1, cand, rule="soft", temperature=0.0, generator=g)[0, 1]) for _ in range(2000))
+    assert 850 < hits < 1150
+
+
+def test_errors_name_the_problem():
+    cand = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(BrainsparseError, match="rule"):
+        select(torch.ones(2, 2), 1, cand, rule="greedy")
+    with pytest.raises(BrainsparseError, match="cannot select 5"):
+        select(torch.ones(2, 2), 5, cand)
+    with pytest.raises(BrainsparseError, match="temperature"):
+        select(torch.ones(2, 2), 1, cand, rule="soft", temperature=-1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 12),
+    frac=st.floats(0.0, 1.0),
+    rule=st.sampled_from(["topk", "soft"]),
+    temperature=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    seed=st.integers(0, 1000),
+)
+def test_exact_count_and_subset_of_candidates(rows, cols, frac, rule, temperature, seed):
+    g = gen(seed)
+    scores = torch.rand(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) > 0.5)
+    cand = torch.rand(rows, cols, generator=g) > 0.3
+    k = int(frac * int(cand.sum()))
+    chosen = select(scores, k, cand, rule=rule, temperature=temperature, generator=g)
+    assert int(chosen.sum()) == k
+    assert not (chosen & ~cand).any()
