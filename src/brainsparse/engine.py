@@ -261,14 +261,18 @@ class DynamicSparseEngine:
             m1 = kept[name]
             n_grow = layer.target - int(m1.sum())
             grown = torch.zeros_like(m1)
+            revived = 0
             if n_grow > 0:
                 scores = self._regrowth_scores(layer, m1)
                 rows, cols = active[name]
+                between_active = rows[:, None] & cols[None, :]
                 grown = select(
                     scores, n_grow, ~m1, rule=self.method.regrowth_rule,
                     temperature=self.method.regrowth_temperature, generator=self.generator,
-                    fallback=rows[:, None] & cols[None, :],
+                    fallback=between_active,
                 )
+                # links that had to touch a neuron percolation removed (no room between active ones)
+                revived = int((grown & ~between_active).sum()) if self.method.percolation else 0
             elif n_grow < 0:  # more links than the target (a smaller target was set): drop at random
                 drop = select(torch.ones_like(m1, dtype=torch.float32), -n_grow, m1, generator=self.generator)
                 m1 = m1 & ~drop
@@ -285,7 +289,7 @@ class DynamicSparseEngine:
                 layer.frozen = is_epitopological_minimum(overlap, self.method.early_stop)
             layer.last_update = {
                 "removed": n_removed, "regrown": n_grown, "overlap": overlap,
-                "links": layer.links, "frozen": layer.frozen,
+                "links": layer.links, "frozen": layer.frozen, "revived": revived,
             }
             record["layers"][name] = dict(layer.last_update, froze_now=layer.frozen and not was_frozen)
         self.history.append(record)

@@ -183,10 +183,8 @@ def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> T
     csc_z1 = cols[order]
     del order
 
-    # ---- last-hop table Q: row e = link (z2, z1), entries v ∈ N(z2), value f_I(v, z1)
-    af = m.to(torch.float32)
-    cn_i = (af.t() @ af).reshape(-1)  # CN_I[v, z1], exact small integers in float32
-    del af
+    # ---- last-hop table Q: row e = link (z2, z1), entries v ∈ N(z2), value f_I(v, z1).
+    # Its entries are the paths z1 – z2 – v, so di(z1) = CN_I[v, z1] = #entries with key (z1, v).
     q_cnt = deg_o[csc_z2]
     q_crow = torch.cat([zero, torch.cumsum(q_cnt, 0)])
     n_q = int(q_crow[-1])
@@ -195,9 +193,10 @@ def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> T
     del q_rank
     z1q = csc_z1[q_src]
     del q_src
-    q_val = _path_factor(
-        cn_i[q_col * n_in + z1q].to(torch.float64), deg_i[z1q].to(torch.float64), var
-    )
+    key = z1q * n_in + q_col
+    cn_i = torch.bincount(key, minlength=n_in * n_in)[key]
+    del key
+    q_val = _path_factor(cn_i.to(torch.float64), deg_i[z1q].to(torch.float64), var)
     del z1q, cn_i
     if meth == "sparse":
         q_mat = _csr(q_crow, q_col, q_val, (n_links, n_in))
@@ -234,20 +233,23 @@ def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> T
         if meth == "sparse":
             # triples of a row are ordered by (z1, z2), i.e. by increasing e: a valid CSR
             p_crow = torch.cat([zero, torch.cumsum(torch.bincount(tu, minlength=n_rows), 0)])
-            p_mat = _csr(p_crow, e, w, (n_rows, n_links))
-            block = (p_mat @ q_mat).to_dense()
+            prod = _csr(p_crow, e, w, (n_rows, n_links)) @ q_mat
+            r_idx = torch.repeat_interleave(
+                torch.arange(n_rows, device=dev), prod.crow_indices().diff(), output_size=prod.values().numel()
+            )
+            # write the (row, v, value) entries of the product into the contiguous rows of `out`
+            out[r0:r1].view(-1).index_add_(0, r_idx * n_in + prod.col_indices(), prod.values().to(torch.float32))
         else:
+            # every path (u, z1, z2, v) explicitly: triple t expands over Q's row e_t (v ∈ N(z2))
             block = torch.zeros(n_rows * n_in, dtype=torch.float64, device=dev)
             p_cnt = q_cnt[e]
             for a, b in _chunks(p_cnt, max_paths_per_chunk, p_cnt.numel()):
                 cnt = p_cnt[a:b]
-                n_p = int(cnt.sum())
-                p_src, p_rank = _expand(cnt, n_p)
+                p_src, p_rank = _expand(cnt, int(cnt.sum()))
                 qi = q_crow[e[a:b]][p_src] + p_rank
                 v = q_col[qi]
                 block.index_add_(0, tu[a:b][p_src] * n_in + v, w[a:b][p_src] * q_val[qi])
-            block = block.view(n_rows, n_in)
-        out[r0:r1] = block.to(torch.float32)
+            out[r0:r1] = block.view(n_rows, n_in).to(torch.float32)
     return out
 
 
@@ -272,15 +274,15 @@ def ch_l3_exact(
     triples ``(u, z1, z2)`` are enumerated as index tensors (``repeat_interleave`` + gathers),
     ``di(z2)`` is the number of triples sharing ``(u, z2)`` and gives the factor ``f_O``. The last
     hop ``z2 → v`` uses a table with one entry per (link ``z1–z2``, ``v ∈ N(z2)``) holding
-    ``f_I(v, z1)`` (``di(z1)`` read from ``CN_I = MᵀM``). ``method="sparse"`` sums the paths as a
+    ``f_I(v, z1)`` (``di(z1) = CN_I[v, z1]`` = number of entries sharing ``(z1, v)``). ``method="sparse"`` sums the paths as a
     CSR × CSR product (triples × table); ``method="enumerate"`` expands every path
     ``(u, z1, z2, v)`` explicitly and accumulates with ``index_add_``. Both add exactly the path
     terms; paths ending on an existing link are discarded by zeroing existing links at the end.
     Sums are accumulated in float64.
 
-    Complexity: time O(#L3 paths) ≈ O(N · k³) for N neurons of mean degree k, plus O(in² · out)
-    for ``CN_I`` (a dense matmul); memory O(in²) for ``CN_I``, O(Σ deg(z2)²) ≈ O(N · k²) for the
-    last-hop table, and per chunk at most ``max_paths_per_chunk`` paths (``method="enumerate"``)
+    Complexity: time O(#L3 paths) ≈ O(N · k³) for N neurons of mean degree k, plus O(in²) to
+    count ``CN_I``; memory O(in²) for ``CN_I``, O(Σ deg(z2)²) ≈ O(N · k²) for the last-hop
+    table, and per chunk at most ``max_paths_per_chunk`` paths (``method="enumerate"``)
     or rows·(out+in) ≤ 2²⁴ cells.
 
     Args:

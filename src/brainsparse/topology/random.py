@@ -87,7 +87,7 @@ def _sample_free(taken: Tensor, count: int, generator: torch.Generator) -> Tenso
     n = taken.numel()
     if count <= 0:
         return torch.zeros(0, dtype=torch.long)
-    free = n - int(taken.sum())
+    free = n - int(torch.count_nonzero(taken))
     if count > free:
         raise BrainsparseError(f"cannot place {count} links: only {free} empty positions are left")
     if free <= 4 * count or n <= 65536:
@@ -107,6 +107,14 @@ def _sample_free(taken: Tensor, count: int, generator: torch.Generator) -> Tenso
         chosen.append(cand)
         need -= cand.numel()
     return torch.cat(chosen)
+
+
+def _degrees(taken: Tensor, out_features: int, in_features: int) -> tuple[Tensor, Tensor]:
+    """Row and column degrees (int64) of the flat bool mask ``taken`` of a (out, in) layer."""
+    links = torch.nonzero(taken, as_tuple=False).flatten()
+    rows = torch.bincount(torch.div(links, in_features, rounding_mode="floor"), minlength=out_features)
+    cols = torch.bincount(torch.remainder(links, in_features), minlength=in_features)
+    return rows, cols
 
 
 def _mask_from_flat(indices: Tensor, out_features: int, in_features: int) -> Tensor:

@@ -13,6 +13,7 @@ from ..errors import BrainsparseError
 from .random import (
     _check_generator,
     _check_shape,
+    _degrees,
     _first_occurrence,
     _multinomial,
     _rand,
@@ -172,35 +173,33 @@ def bipartite_scale_free(
         ends_out = ends_out[_randperm(ends_out.numel(), generator)]
 
     # half of the unpaired endpoints attach preferentially to the other side
-    mask2d = taken.view(out_features, in_features)
-    leftovers = [(ends_out, True), (ends_in, False)]
-    for ends, is_row in leftovers:
+    for ends, is_row in ((ends_out, True), (ends_in, False)):
         half = ends[: ends.numel() // 2]
         if half.numel() == 0:
             continue
-        other_deg = mask2d.sum(dim=0 if is_row else 1).double()
+        row_deg, col_deg = _degrees(taken, out_features, in_features)
+        other_deg = (col_deg if is_row else row_deg).double()
         _add_preferential(taken, half, is_row, other_deg + 1.0, out_features, in_features, generator)
 
     # fix the count to exactly K
-    count = int(taken.sum())
+    count = int(torch.count_nonzero(taken))
     if count > k_total:
         links = torch.nonzero(taken, as_tuple=False).flatten()
         taken[links[_randperm(links.numel(), generator)[: count - k_total]]] = False
-    rounds = 0
-    while int(taken.sum()) < k_total and rounds < _RETRY_ROUNDS:
-        need = k_total - int(taken.sum())
-        row_w = mask2d.sum(dim=1).double() + 1.0
-        col_w = mask2d.sum(dim=0).double() + 1.0
-        rows = _multinomial(row_w, need, True, generator)
-        cols = _multinomial(col_w, need, True, generator)
+        count = k_total
+    for _ in range(_RETRY_ROUNDS):
+        if count >= k_total:
+            break
+        row_deg, col_deg = _degrees(taken, out_features, in_features)
+        rows = _multinomial(row_deg.double() + 1.0, k_total - count, True, generator)
+        cols = _multinomial(col_deg.double() + 1.0, k_total - count, True, generator)
         ids = rows * in_features + cols
         ok = ~taken[ids] & _first_occurrence(ids)
         taken[ids[ok]] = True
-        rounds += 1
-    need = k_total - int(taken.sum())
-    if need > 0:  # saturated hubs: fill the rest uniformly
-        taken[_sample_free(taken, need, generator)] = True
-    return mask2d
+        count += int(torch.count_nonzero(ok))
+    if count < k_total:  # saturated hubs: fill the rest uniformly
+        taken[_sample_free(taken, k_total - count, generator)] = True
+    return taken.view(out_features, in_features)
 
 
 def equal_partition(mask: Tensor, *, generator: torch.Generator) -> Tensor:
@@ -220,13 +219,15 @@ def equal_partition(mask: Tensor, *, generator: torch.Generator) -> Tensor:
     # capacity left (random tie-break), which keeps all capacities within 1 of each other
     capacity = torch.full((in_features,), float(-(-k_total // in_features)), dtype=torch.float32)
     out = torch.zeros(out_features, in_features, dtype=torch.bool)
-    noise = _rand((out_features, in_features), generator)
-    for row, deg in enumerate(row_deg):
-        if deg == 0:
-            continue
-        cols = torch.topk(capacity + noise[row], deg, sorted=False).indices
-        out[row, cols] = True
-        capacity[cols] -= 1.0
+    chunk = max(1, (1 << 22) // in_features)  # rows of tie-break noise drawn at once
+    for lo in range(0, out_features, chunk):
+        noise = _rand((min(chunk, out_features - lo), in_features), generator)
+        for offset, deg in enumerate(row_deg[lo : lo + chunk]):
+            if deg == 0:
+                continue
+            cols = torch.topk(capacity + noise[offset], deg, sorted=False).indices
+            out[lo + offset, cols] = True
+            capacity[cols] -= 1.0
     return out
 
 
@@ -292,8 +293,8 @@ def scale_free_chain(
 
 def _per_layer(density: float | Sequence[float], n_layers: int) -> list[float]:
     """One validated density per layer from a single value or a sequence."""
-    if isinstance(density, (int, float)) and not isinstance(density, bool):
-        return [check_density(density)] * n_layers
+    if isinstance(density, (str, bytes)) or not hasattr(density, "__iter__"):
+        return [check_density(density)] * n_layers  # type: ignore[arg-type]
     values = list(density)  # type: ignore[arg-type]
     if len(values) != n_layers:
         raise BrainsparseError(

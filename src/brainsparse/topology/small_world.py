@@ -76,7 +76,7 @@ def bipartite_small_world(
     flat = lattice.flatten()
     links = torch.nonzero(flat, as_tuple=False).flatten()
     removed = _rand(links.numel(), generator) < beta
-    n_removed = int(removed.sum())
+    n_removed = int(torch.count_nonzero(removed))
     if n_removed == 0:
         return lattice
     taken = flat.clone()

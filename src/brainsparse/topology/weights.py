@@ -50,7 +50,7 @@ def sparse_weight_init(
     _check_pair(weight, mask)
     generator = _check_generator(generator)
     if density is None:
-        links = int(mask.sum())
+        links = int(torch.count_nonzero(mask))
         if links == 0:
             raise BrainsparseError("mask has 0 links; SWI needs a density > 0 (pass density= or a non-empty mask)")
         d = links / mask.numel()

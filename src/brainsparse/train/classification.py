@@ -268,7 +268,7 @@ def train_classifier(
             loss.backward()
             run.optimizer.step()
             run.engine.step()
-            loss_sum += float(loss) * y.shape[0]
+            loss_sum += loss.item() * y.shape[0]
             correct += int((logits.argmax(1) == y).sum())
             seen += y.shape[0]
             if b % 50 == 0:
