@@ -52,6 +52,15 @@ class SparseLayer:
     frozen: bool = False
     dense_grad: Tensor | None = None
     last_update: dict[str, Any] = field(default_factory=dict)
+    mask_float: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.set_mask(self.mask)
+
+    def set_mask(self, mask: Tensor) -> None:
+        """Replace the mask (bool) and its float copy used for fast multiplication."""
+        self.mask = mask.bool()
+        self.mask_float = self.mask.to(self.module.weight.dtype)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -152,7 +161,7 @@ class DynamicSparseEngine:
         for layer in self.layers.values():
             self._handles.append(layer.weight.register_hook(self._make_grad_hook(layer)))
         if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self.apply_masks()))
+            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self._mask_weights()))
 
     def _needs_dense_grad(self) -> bool:
         return self.method.regrowth == "gradient" or self.method.removal == "mest"
@@ -162,7 +171,7 @@ class DynamicSparseEngine:
             if self._needs_dense_grad() and self.is_update_step(self.step_count + 1):
                 # RigL/MEST: keep the dense gradient of the batch just before an update [RigL]
                 layer.dense_grad = grad.detach().clone()
-            return grad * layer.mask
+            return grad * layer.mask_float
 
         return hook
 
@@ -173,6 +182,17 @@ class DynamicSparseEngine:
         self._handles.clear()
 
     # ------------------------------------------------------------------ masking
+    @torch.no_grad()
+    def _mask_weights(self) -> None:
+        """After each optimizer step: re-zero weights off-mask.
+
+        Gradients are masked by the hook, so optimizer state off-mask stays exactly zero for
+        SGD (momentum, weight decay), Adam, AdamW and the other torch optimizers; only the
+        weights are re-masked here (cheap), in case an optimizer moves a zero weight.
+        """
+        for layer in self.layers.values():
+            layer.weight.mul_(layer.mask_float)
+
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero weights, gradients and optimizer state off-mask."""
@@ -297,7 +317,7 @@ class DynamicSparseEngine:
 
     @torch.no_grad()
     def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor) -> None:
-        layer.mask = mask
+        layer.set_mask(mask)
         w = layer.weight
         w.masked_fill_(new_links, 0.0)  # new links start at weight 0
         if self.optimizer is not None:
@@ -374,7 +394,7 @@ class DynamicSparseEngine:
         self.history = copy.deepcopy(state["history"])
         for name, layer in self.layers.items():
             device = layer.weight.device
-            layer.mask = state["masks"][name].to(device).bool()
+            layer.set_mask(state["masks"][name].to(device))
             layer.ever_active = state["ever_active"][name].to(device).bool()
             layer.frozen = bool(state["frozen"][name])
             layer.last_update = dict(state["last_update"][name])

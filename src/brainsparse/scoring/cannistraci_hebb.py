@@ -38,7 +38,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .._validation import check_choice
+from .._validation import check_choice, check_positive_int
 from ..errors import BrainsparseError
 
 __all__ = [
@@ -53,8 +53,8 @@ __all__ = [
 #: Supported CH variants (case-insensitive on input).
 VARIANTS: tuple[str, ...] = ("CH2", "CH3", "CH3.1")
 
-#: Default cap on the number of L3 paths handled per chunk of seed rows.
-DEFAULT_MAX_PATHS_PER_CHUNK = 1 << 25
+#: Default cap on the index entries materialised per chunk of seed rows (see ch_l3_exact).
+DEFAULT_CHUNK_SIZE = 1 << 24
 # Cap on rows × (out + in) dense cells per chunk (per-chunk counts and output block).
 _MAX_CELLS_PER_CHUNK = 1 << 24
 
@@ -141,7 +141,8 @@ def _chunks(costs: Tensor, cap: int, max_items: int) -> Iterator[tuple[int, int]
     start = 0
     while start < n:
         before = int(cum[start - 1]) if start > 0 else 0
-        end = int(torch.searchsorted(cum, torch.tensor(before + cap, dtype=torch.int64), right=True))
+        limit = torch.tensor(before + cap, dtype=torch.int64)
+        end = int(torch.searchsorted(cum, limit, right=True))
         end = min(max(end, start + 1), start + max_items, n)
         yield start, end
         start = end
@@ -151,7 +152,8 @@ def _expand(counts: Tensor, output_size: int) -> tuple[Tensor, Tensor]:
     """For items with ``counts``: the item id of every expanded element, and its rank within
     its item (0 .. count−1)."""
     dev = counts.device
-    src = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=output_size)
+    ids = torch.arange(counts.numel(), device=dev)
+    src = torch.repeat_interleave(ids, counts, output_size=output_size)
     first = torch.cumsum(counts, 0) - counts
     rank = torch.arange(output_size, device=dev) - first[src]
     return src, rank
@@ -161,7 +163,7 @@ def _csr(crow: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tenso
     return torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
 
 
-def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> Tensor:
+def _exact_scores(m: Tensor, var: str, chunk_size: int, meth: str) -> Tensor:
     """Body of :func:`ch_l3_exact` (validated input); existing links are not yet zeroed."""
     n_out, n_in = m.shape
     dev = m.device
@@ -199,14 +201,20 @@ def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> T
     q_val = _path_factor(cn_i.to(torch.float64), deg_i[z1q].to(torch.float64), var)
     del z1q, cn_i
     if meth == "sparse":
-        q_mat = _csr(q_crow, q_col, q_val, (n_links, n_in))
-
-    # ---- paths per seed row (for chunking): Σ_{z1∈N(u)} Σ_{z2∈N(z1)} deg(z2)
-    s1 = torch.zeros(n_in, dtype=i64, device=dev).index_add_(0, cols, deg_o[rows])
-    paths_per_row = torch.zeros(n_out, dtype=i64, device=dev).index_add_(0, rows, s1[cols])
+        # materialised per seed row: triples (u, z1, z2), Σ_{z1∈N(u)} deg(z1)
+        row_cost = torch.zeros(n_out, dtype=i64, device=dev).index_add_(0, rows, deg_i[cols])
+        # int32 indices when they fit: the CPU sparse product then skips an index conversion
+        fits = max(n_q, n_links, n_in, int(row_cost.sum())) < 2**31 - 1
+        idx_t = torch.int32 if fits else i64
+        q_mat = _csr(q_crow.to(idx_t), q_col.to(idx_t), q_val, (n_links, n_in))
+        del q_crow, q_col, q_val
+    else:
+        # materialised per seed row: paths, Σ_{z1∈N(u)} Σ_{z2∈N(z1)} deg(z2)
+        s1 = torch.zeros(n_in, dtype=i64, device=dev).index_add_(0, cols, deg_o[rows])
+        row_cost = torch.zeros(n_out, dtype=i64, device=dev).index_add_(0, rows, s1[cols])
     max_rows = max(1, _MAX_CELLS_PER_CHUNK // (n_out + n_in))
 
-    for r0, r1 in _chunks(paths_per_row, max_paths_per_chunk, max_rows):
+    for r0, r1 in _chunks(row_cost, chunk_size, max_rows):
         n_rows = r1 - r0
         l0, l1 = int(row_ptr[r0]), int(row_ptr[r1])
         if l1 == l0:
@@ -233,17 +241,20 @@ def _exact_scores(m: Tensor, var: str, max_paths_per_chunk: int, meth: str) -> T
         if meth == "sparse":
             # triples of a row are ordered by (z1, z2), i.e. by increasing e: a valid CSR
             p_crow = torch.cat([zero, torch.cumsum(torch.bincount(tu, minlength=n_rows), 0)])
-            prod = _csr(p_crow, e, w, (n_rows, n_links)) @ q_mat
+            prod = _csr(p_crow.to(idx_t), e.to(idx_t), w, (n_rows, n_links)) @ q_mat
             r_idx = torch.repeat_interleave(
-                torch.arange(n_rows, device=dev), prod.crow_indices().diff(), output_size=prod.values().numel()
+                torch.arange(n_rows, device=dev),
+                prod.crow_indices().diff(),
+                output_size=prod.values().numel(),
             )
             # write the (row, v, value) entries of the product into the contiguous rows of `out`
-            out[r0:r1].view(-1).index_add_(0, r_idx * n_in + prod.col_indices(), prod.values().to(torch.float32))
+            flat = r_idx * n_in + prod.col_indices().to(i64)
+            out[r0:r1].view(-1).index_add_(0, flat, prod.values().to(torch.float32))
         else:
             # every path (u, z1, z2, v) explicitly: triple t expands over Q's row e_t (v ∈ N(z2))
             block = torch.zeros(n_rows * n_in, dtype=torch.float64, device=dev)
             p_cnt = q_cnt[e]
-            for a, b in _chunks(p_cnt, max_paths_per_chunk, p_cnt.numel()):
+            for a, b in _chunks(p_cnt, chunk_size, p_cnt.numel()):
                 cnt = p_cnt[a:b]
                 p_src, p_rank = _expand(cnt, int(cnt.sum()))
                 qi = q_crow[e[a:b]][p_src] + p_rank
@@ -257,7 +268,7 @@ def ch_l3_exact(
     mask: Tensor,
     variant: str = "CH3",
     *,
-    max_paths_per_chunk: int = DEFAULT_MAX_PATHS_PER_CHUNK,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     method: str = "sparse",
 ) -> Tensor:
     """Exact path-based CH score on L3 paths, vectorised: [CH3-L3], [CH2-L3] or [CH3.1-L3].
@@ -271,24 +282,27 @@ def ch_l3_exact(
     * [CH3.1-L3] ``Σ 1/sqrt((1/(1+di_z1)+de_z1)(1/(1+di_z2)+de_z2))``
 
     Algorithm: CSR/CSC neighbour lists of the mask; for each chunk of seed rows ``u`` the
-    triples ``(u, z1, z2)`` are enumerated as index tensors (``repeat_interleave`` + gathers),
-    ``di(z2)`` is the number of triples sharing ``(u, z2)`` and gives the factor ``f_O``. The last
-    hop ``z2 → v`` uses a table with one entry per (link ``z1–z2``, ``v ∈ N(z2)``) holding
-    ``f_I(v, z1)`` (``di(z1) = CN_I[v, z1]`` = number of entries sharing ``(z1, v)``). ``method="sparse"`` sums the paths as a
-    CSR × CSR product (triples × table); ``method="enumerate"`` expands every path
-    ``(u, z1, z2, v)`` explicitly and accumulates with ``index_add_``. Both add exactly the path
-    terms; paths ending on an existing link are discarded by zeroing existing links at the end.
-    Sums are accumulated in float64.
+    triples ``(u, z1, z2)`` are enumerated as index tensors (``repeat_interleave`` + gathers);
+    ``di(z2) = CN_O[u, z2]`` is the number of triples sharing ``(u, z2)`` and gives ``f_O``. The
+    last hop ``z2 → v`` uses a table ``Q`` with one entry per (link ``z1–z2``, ``v ∈ N(z2)``)
+    holding ``f_I(v, z1)``, where ``di(z1) = CN_I[v, z1]`` is the number of entries sharing
+    ``(z1, v)``. ``method="sparse"`` sums the paths as one CSR × CSR product per chunk
+    (triples weighted by ``f_O`` times ``Q``: each product term is one L3 path);
+    ``method="enumerate"`` expands every path ``(u, z1, z2, v)`` explicitly and accumulates
+    with ``index_add_``. Both add exactly the path terms in float64; paths ending on an existing
+    link are discarded by zeroing the existing links at the end.
 
-    Complexity: time O(#L3 paths) ≈ O(N · k³) for N neurons of mean degree k, plus O(in²) to
-    count ``CN_I``; memory O(in²) for ``CN_I``, O(Σ deg(z2)²) ≈ O(N · k²) for the last-hop
-    table, and per chunk at most ``max_paths_per_chunk`` paths (``method="enumerate"``)
-    or rows·(out+in) ≤ 2²⁴ cells.
+    Complexity: time O(#L3 paths) ≈ O(N · k³) for N neurons of mean degree k (the sparse
+    product does this work in compiled code), plus O(in²) to count ``CN_I``; memory O(in²) for
+    ``CN_I``, O(Σ_z2 deg(z2)²) ≈ O(N · k²) for ``Q``, and per chunk O(chunk_size) index
+    entries plus at most 2²⁴ dense cells.
 
     Args:
         mask: bool (or 0/1) tensor of shape ``(out, in)``.
         variant: ``"CH2"``, ``"CH3"`` or ``"CH3.1"`` (case-insensitive).
-        max_paths_per_chunk: cap on the number of L3 paths handled at once (≥ 1).
+        chunk_size: cap on the index entries materialised at once — triples ``(u, z1, z2)`` for
+            ``method="sparse"``, whole paths for ``method="enumerate"`` (≥ 1; a single seed row
+            or triple is never split). Does not change the result.
         method: ``"sparse"`` (default, fastest) or ``"enumerate"``.
 
     Returns:
@@ -297,20 +311,21 @@ def ch_l3_exact(
     m = _as_mask(mask)
     var = _canonical_variant(variant)
     meth = check_choice(method, _EXACT_METHODS, "method")
-    if isinstance(max_paths_per_chunk, bool) or not isinstance(max_paths_per_chunk, int) or max_paths_per_chunk < 1:
-        raise BrainsparseError(
-            f"max_paths_per_chunk {max_paths_per_chunk!r} is not a positive integer; allowed: an integer >= 1"
-        )
+    check_positive_int(chunk_size, "chunk_size")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        out = _exact_scores(m, var, max_paths_per_chunk, meth)
+        out = _exact_scores(m, var, chunk_size, meth)
     return out.masked_fill_(m, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
 # matrix form
 # --------------------------------------------------------------------------------------------
-def ch_l3_matrix(mask: Tensor, variant: str = "CH3") -> Tensor:
+#: Below this density the CPU matrix form multiplies with a sparse CSR copy of the mask.
+_SPARSE_MATMUL_MAX_DENSITY = 0.1
+
+
+def ch_l3_matrix(mask: Tensor, variant: str = "CH3", *, use_sparse: bool | None = None) -> Tensor:
     """Matrix form of CH on L3 [CH-L3 matrix approximation] (NeurIPS'25 "L3n"), float32.
 
     With ``A = M`` as a 0/1 float32 matrix ``(out, in)``:
@@ -327,22 +342,41 @@ def ch_l3_matrix(mask: Tensor, variant: str = "CH3") -> Tensor:
     (see :func:`ch_l3_node_reference`): CH3 ``Σ_z 1/(1+de_z)``, CH2 ``Σ_z (1+di_z)/(1+de_z)``,
     CH3.1 ``Σ_z (1+di_z)/(1+de_z)^(1+de_z/(1+de_z))``. Same support as the exact path form.
 
-    Complexity: four dense matmuls, O(out²·in + in²·out) time, O(out² + in²) memory,
-    independent of density.
+    Complexity: four matmuls, O(out²·in + in²·out) time when dense, O(nnz·(out + in)) with the
+    sparse left factor; O(out² + in²) memory, independent of density.
+
+    Args:
+        mask: bool (or 0/1) tensor of shape ``(out, in)``.
+        variant: ``"CH2"``, ``"CH3"`` or ``"CH3.1"`` (case-insensitive).
+        use_sparse: multiply with a sparse CSR copy of ``A`` (sparse × dense) instead of dense
+            matmuls. ``None`` (default): on CPU when the density is below 0.1. Same result up
+            to float rounding.
     """
     m = _as_mask(mask)
     var = _canonical_variant(variant)
     a = m.to(torch.float32)
     if a.numel() == 0:
         return a.clone()
-    at = a.t()
-    wt_o = _node_weight_matrix(a @ at, a.sum(1), var)  # (out, out), deg of outputs
-    s_out = wt_o @ a
-    del wt_o
-    wt_i = _node_weight_matrix(at @ a, a.sum(0), var)  # (in, in), deg of inputs
-    s_in = wt_i @ at
-    del wt_i
-    scores = s_out + s_in.t()
+    if use_sparse is None:
+        use_sparse = a.device.type == "cpu" and float(a.mean()) < _SPARSE_MATMUL_MAX_DENSITY
+    deg_o, deg_i = a.sum(1), a.sum(0)
+    if use_sparse:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+            a_sp = a.to_sparse_csr()
+            at_sp = a.t().contiguous().to_sparse_csr()
+            wt_o = _node_weight_matrix(a_sp @ a.t(), deg_o, var)  # C = A·Aᵀ (out, out)
+            scores = (at_sp @ wt_o.t()).t()  # S_out = Wt·A = (Aᵀ·Wtᵀ)ᵀ
+            del wt_o
+            wt_i = _node_weight_matrix(at_sp @ a, deg_i, var)  # C' = Aᵀ·A (in, in)
+            scores = scores + a_sp @ wt_i.t()  # S_inᵀ = (Wt'·Aᵀ)ᵀ = A·Wt'ᵀ
+    else:
+        at = a.t()
+        wt_o = _node_weight_matrix(a @ at, deg_o, var)  # (out, out)
+        scores = wt_o @ a  # S_out
+        del wt_o
+        wt_i = _node_weight_matrix(at @ a, deg_i, var)  # (in, in)
+        scores = scores + (wt_i @ at).t()  # + S_inᵀ
     return scores.masked_fill_(m, 0.0)
 
 
@@ -350,7 +384,7 @@ def ch_l3_matrix(mask: Tensor, variant: str = "CH3") -> Tensor:
 # dispatcher
 # --------------------------------------------------------------------------------------------
 def ch_l3(mask: Tensor, variant: str = "CH3", exact: bool = True) -> Tensor:
-    """Cannistraci–Hebb L3 scores of every absent link of a bipartite layer (float32, ``(out, in)``).
+    """Cannistraci–Hebb L3 scores of every absent link of a bipartite layer, float32 ``(out, in)``.
 
     ``exact=True``: path form [CH3-L3] / [CH2-L3] / [CH3.1-L3] (:func:`ch_l3_exact`, cost ∝
     number of L3 paths ≈ N·k³). ``exact=False``: matrix form [CH-L3 matrix approximation]
@@ -388,7 +422,9 @@ def _l3_paths(nbr: list[set[int]], u: int, v: int) -> list[tuple[int, int]]:
     ]
 
 
-def _community_degrees(nbr: list[set[int]], community: set[int], u: int, v: int, z: int) -> tuple[int, int]:
+def _community_degrees(
+    nbr: list[set[int]], community: set[int], u: int, v: int, z: int
+) -> tuple[int, int]:
     """(di, de) of community node z: links inside the community, and links leaving it
     (not counting one link to the seeds u or v)."""
     di = len(nbr[z] & community)
