@@ -19,7 +19,7 @@ from torch import Tensor
 from .._validation import check_choice, check_unit_interval
 from ..errors import BrainsparseError
 from .correlated import correlated, feature_correlation
-from .random import _check_generator, _check_shape, erk_densities, uniform
+from .random import _check_generator, check_shapes, erk_densities, uniform
 from .receptive_field import bipartite_receptive_field
 from .scale_free import _per_layer, bipartite_scale_free, equal_partition, resort_chain, scale_free_chain
 from .small_world import bipartite_small_world, ring_lattice
@@ -89,13 +89,7 @@ def initial_masks(
     # [init] dispatch to the initial topologies, algorithms.md §1
     key = check_choice(init, _INIT_NAMES, "init")
     generator = _check_generator(generator)
-    shapes = [tuple(s) for s in shapes]
-    if not shapes:
-        raise BrainsparseError("shapes [] is empty; allowed: a non-empty list of (out, in) pairs")
-    for s in shapes:
-        if len(s) != 2:
-            raise BrainsparseError(f"shape {s!r} is not an (out, in) pair")
-        _check_shape(*s)
+    shapes = check_shapes(shapes)
 
     if key == "erk":
         if not isinstance(density, (int, float)) or isinstance(density, bool):

@@ -144,6 +144,18 @@ def uniform(out_features: int, in_features: int, density: float, *, generator: t
     return _mask_from_flat(_sample_free(taken, k, generator), out_features, in_features)
 
 
+def check_shapes(shapes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Validate a non-empty list of ``(out, in)`` layer shapes and return it as tuples."""
+    shapes = [tuple(s) for s in shapes]
+    if not shapes:
+        raise BrainsparseError("shapes [] is empty; allowed: a non-empty list of (out, in) pairs")
+    for s in shapes:
+        if len(s) != 2:
+            raise BrainsparseError(f"shape {s!r} is not an (out, in) pair")
+        _check_shape(*s)
+    return shapes
+
+
 def erk_densities(shapes: Sequence[tuple[int, int]], density: float) -> list[float]:
     """Per-layer densities proportional to ``(out + in) / (out * in)`` whose total link budget
     equals ``density * sum(out * in)``; layers that would exceed 1 are made dense (density 1)
@@ -153,13 +165,7 @@ def erk_densities(shapes: Sequence[tuple[int, int]], density: float) -> list[flo
     """
     # [ERK] Erdős–Rényi-kernel layer densities (RigL), algorithms.md §1 / reference.md §2.2
     density = check_density(density)
-    shapes = [tuple(s) for s in shapes]
-    if not shapes:
-        raise BrainsparseError("shapes [] is empty; allowed: a non-empty list of (out, in) pairs")
-    for s in shapes:
-        if len(s) != 2:
-            raise BrainsparseError(f"shape {s!r} is not an (out, in) pair")
-        _check_shape(*s)
+    shapes = check_shapes(shapes)
     sizes = [o * i for o, i in shapes]
     raw = [(o + i) / (o * i) for o, i in shapes]
     budget = density * sum(sizes)
