@@ -30,9 +30,10 @@ from .errors import BrainsparseError
 from .layers import find_sparse_layers, infer_chains
 from .methods import MethodConfig, resolve_method
 from .percolation import active_hidden_neurons, percolate
-from .schedules import drop_fraction, is_epitopological_minimum, linear_temperature, overlap_rate
+from .neuroprune import preferential_attachment_shrink
+from .schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature, overlap_rate
 from .scoring import ch_l3
-from .scoring.regrowth import gradient_magnitude, random_scores
+from .scoring.regrowth import cosine_similarity_scores, gradient_magnitude, random_scores
 from .scoring.removal import removal_scores
 from .selection import select
 
@@ -50,7 +51,9 @@ class SparseLayer:
     target: int
     ever_active: Tensor
     frozen: bool = False
+    base_density: float = 0.0  # the layer's density at the end of any density schedule
     dense_grad: Tensor | None = None
+    activations: tuple[Tensor, Tensor] | None = None  # (inputs, pre-activations) for CTRE
     last_update: dict[str, Any] = field(default_factory=dict)
     mask_float: Tensor = field(init=False)
 
@@ -113,12 +116,14 @@ class DynamicSparseEngine:
         shapes = {n: (m.out_features, m.in_features) for n, m in layers}
         method = self.method
         init = method.init
-        densities = {n: self.density for n in by_name}
+        base = {n: self.density for n in by_name}
         if init == "erk":
             names = list(by_name)
             for n, d in zip(names, topology.erk_densities([shapes[n] for n in names], self.density)):
-                densities[n] = d
+                base[n] = d
             init = "uniform"
+        start = self._scheduled_density(0)[1]
+        densities = {n: self._layer_density(base[n], start) for n in by_name}
         correlation = None
         if init == "csti":
             if init_data is None:
@@ -144,6 +149,7 @@ class DynamicSparseEngine:
                     module=module,
                     mask=mask,
                     density=densities[name],
+                    base_density=base[name],
                     target=link_count(densities[name], *shapes[name]),
                     ever_active=mask.clone(),
                 )
@@ -160,8 +166,19 @@ class DynamicSparseEngine:
     def _attach(self) -> None:
         for layer in self.layers.values():
             self._handles.append(layer.weight.register_hook(self._make_grad_hook(layer)))
+            if self.method.regrowth == "cosine":
+                self._handles.append(layer.module.register_forward_hook(self._make_activation_hook(layer)))
         if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self._mask_weights()))
+            self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step()))
+
+    def _make_activation_hook(self, layer: SparseLayer):
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if module.training and self.is_update_step(self.step_count + 1):
+                # CTRE: inputs and pre-activations of the batch just before an update
+                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
+                layer.activations = (x.clone(), output.detach().reshape(-1, output.shape[-1]).clone())
+
+        return hook
 
     def _needs_dense_grad(self) -> bool:
         return self.method.regrowth == "gradient" or self.method.removal == "mest"
@@ -182,6 +199,16 @@ class DynamicSparseEngine:
         self._handles.clear()
 
     # ------------------------------------------------------------------ masking
+    @torch.no_grad()
+    def _after_optimizer_step(self) -> None:
+        if self.method.regularizer == "preferential_attachment" and self.optimizer is not None:
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            for layer in self.layers.values():
+                layer.weight.copy_(
+                    preferential_attachment_shrink(layer.weight, layer.mask, lr * self.method.regularizer_strength)
+                )
+        self._mask_weights()
+
     @torch.no_grad()
     def _mask_weights(self) -> None:
         """After each optimizer step: re-zero weights off-mask.
@@ -217,6 +244,32 @@ class DynamicSparseEngine:
             return False
         return not all(layer.frozen for layer in self.layers.values())
 
+    def _layer_density(self, base_density: float, global_density: float) -> float:
+        """A layer's density when the network-wide schedule is at ``global_density``."""
+        return min(1.0, base_density * global_density / self.density)
+
+    def _scheduled_density(self, step: int) -> tuple[float | None, float]:
+        """(density to prune to before the update or None, density after the update) [schedules]."""
+        m = self.method
+        if not m.sparse or m.density_schedule == "constant":
+            return None, self.density
+        if m.density_schedule == "ems":
+            # EM&S (MEST): 5 % extra until 60 % of T_end, then 2.5 %, then the target at the last update
+            t_end = self.t_end or 0
+            if step <= 0.6 * t_end:
+                extra = m.ems_extra[0]
+            elif step < t_end - self.update_every:
+                extra = m.ems_extra[1]
+            else:
+                extra = 0.0
+            return self.density, min(1.0, self.density + extra)
+        if self.total_steps is None:
+            raise BrainsparseError(f"density schedule {m.density_schedule!r} needs total_steps")
+        start = m.initial_density if m.initial_density is not None else self.density
+        n_updates = max(1, int(m.prune_end_fraction * self.total_steps) // self.update_every)
+        d = density_at(step // self.update_every, n_updates, start, self.density, m.density_schedule)
+        return d, d
+
     def step(self) -> dict[str, Any] | None:
         """Count one optimizer step; run a topology update when it is due. Returns its record."""
         self.step_count += 1
@@ -225,14 +278,21 @@ class DynamicSparseEngine:
         return None
 
     # ------------------------------------------------------------------ update
-    def _removal_keep(self, layer: SparseLayer, zeta: float, temperature: float) -> Tensor:
-        mask = layer.mask
-        n_on = int(mask.sum())
-        n_keep = n_on - int(n_on * zeta)
-        if layer.frozen or n_keep == n_on:
+    def _scores_for_removal(self, layer: SparseLayer, mask: Tensor, kind: str) -> Tensor:
+        grad = layer.dense_grad if kind == "mest" else None
+        return removal_scores(kind, layer.weight, mask, grad)
+
+    def _prune(self, layer: SparseLayer, mask: Tensor, count: int, kind: str) -> Tensor:
+        """Keep the ``count`` best links of ``mask`` by the removal score ``kind`` (hard rule)."""
+        if int(mask.sum()) <= count:
+            return mask
+        scores = self._scores_for_removal(layer, mask, kind)
+        return select(scores, count, mask, rule="topk", generator=self.generator, fallback=mask)
+
+    def _removal_keep(self, layer: SparseLayer, mask: Tensor, n_keep: int, temperature: float) -> Tensor:
+        if layer.frozen or n_keep >= int(mask.sum()):
             return mask.clone()
-        grad = layer.dense_grad if self.method.removal == "mest" else None
-        scores = removal_scores(self.method.removal, layer.weight, mask, grad)
+        scores = self._scores_for_removal(layer, mask, self.method.removal)
         return select(
             scores, n_keep, mask, rule=self.method.removal_rule, temperature=temperature,
             generator=self.generator, fallback=mask,
@@ -248,6 +308,12 @@ class DynamicSparseEngine:
                     f"layer {layer.name}: gradient regrowth needs a backward pass before the update step"
                 )
             return gradient_magnitude(layer.dense_grad, kept)
+        if kind == "cosine":
+            if layer.activations is None:
+                raise BrainsparseError(
+                    f"layer {layer.name}: cosine regrowth needs a training forward pass before the update step"
+                )
+            return cosine_similarity_scores(*layer.activations, kept)
         return ch_l3(kept.cpu(), variant=_CH_VARIANTS[kind], exact=self.method.regrowth_exact).to(kept.device)
 
     def _active_neurons(self, masks: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -262,24 +328,60 @@ class DynamicSparseEngine:
                 active[name] = (rows, cols)
         return active
 
+    def _explore(self, grown: Tensor, removed: Tensor, kept: Tensor) -> Tensor:
+        """CTRE (simultaneous): links re-added right after removal are swapped for random new ones."""
+        readded = grown & removed
+        n = int(readded.sum())
+        if n == 0:
+            return grown
+        grown = grown & ~readded
+        free = ~kept & ~grown & ~removed
+        n = min(n, int(free.sum()))
+        pick = select(torch.ones(free.shape, device=free.device), n, free, generator=self.generator)
+        return grown | pick
+
     @torch.no_grad()
     def update(self) -> dict[str, Any]:
-        """Run one topology update now (removal, percolation, regrowth) and return its record."""
+        """Run one topology update now and return its record.
+
+        Order: gradual pruning to the scheduled density (CHTss, GraNet, NeuroPrune, EM&S) →
+        removal of a fraction ζ_t (top-k or soft) → percolation → regrowth to the scheduled count.
+        """
         step = self.step_count
         t_end = self.t_end or max(step, 1)
         zeta = drop_fraction(step, t_end, self.method.drop_fraction, self.method.drop_schedule)
         temperature = linear_temperature(step, t_end, *self.method.removal_temperature)
+        prune_to, final = self._scheduled_density(step)
         before = {n: layer.mask.clone() for n, layer in self.layers.items()}
 
-        kept = {n: self._removal_keep(layer, zeta, temperature) for n, layer in self.layers.items()}
+        kept: dict[str, Tensor] = {}
+        pruned: dict[str, int] = {}
+        for name, layer in self.layers.items():
+            mask = layer.mask
+            if prune_to is not None:
+                shape = mask.shape
+                count = link_count(self._layer_density(layer.base_density, prune_to), *shape)
+                mask = self._prune(layer, mask, count, self.method.prune_score)
+            pruned[name] = int(before[name].sum()) - int(mask.sum())
+            n_on = int(mask.sum())
+            if self.method.density_schedule == "ems":
+                n_keep = n_on  # EM&S removes only by shrinking to the target density
+            else:
+                n_keep = n_on - int(n_on * zeta)
+            kept[name] = self._removal_keep(layer, mask, n_keep, temperature)
+            layer.density = self._layer_density(layer.base_density, final)
+            layer.target = link_count(layer.density, *mask.shape)
         if self.method.percolation:
             kept = percolate(kept, self.chains, self.pairs)
         active = self._active_neurons(kept)
 
-        record: dict[str, Any] = {"step": step, "drop_fraction": zeta, "temperature": temperature, "layers": {}}
+        record: dict[str, Any] = {
+            "step": step, "drop_fraction": zeta, "temperature": temperature, "density": final, "layers": {},
+        }
         for name, layer in self.layers.items():
             m1 = kept[name]
-            n_grow = layer.target - int(m1.sum())
+            removed = before[name] & ~m1
+            n_grow = 0 if self.method.regrowth == "none" else layer.target - int(m1.sum())
             grown = torch.zeros_like(m1)
             revived = 0
             if n_grow > 0:
@@ -291,25 +393,29 @@ class DynamicSparseEngine:
                     temperature=self.method.regrowth_temperature, generator=self.generator,
                     fallback=between_active,
                 )
+                if self.method.exploration == "simultaneous":
+                    grown = self._explore(grown, removed, m1)
                 # links that had to touch a neuron percolation removed (no room between active ones)
                 revived = int((grown & ~between_active).sum()) if self.method.percolation else 0
-            elif n_grow < 0:  # more links than the target (a smaller target was set): drop at random
-                drop = select(torch.ones_like(m1, dtype=torch.float32), -n_grow, m1, generator=self.generator)
-                m1 = m1 & ~drop
+            elif n_grow < 0:  # more links than the target: drop the weakest
+                m1 = self._prune(layer, m1, layer.target, self.method.removal)
+                removed = before[name] & ~m1
+            if self.method.regrowth == "none":
+                layer.target = int(m1.sum())
             new_mask = m1 | grown
-            removed = before[name] & ~m1
             n_removed, n_grown = int(removed.sum()), int(grown.sum())
             n_back = int((removed & grown).sum())
             overlap = overlap_rate(n_removed, n_grown, n_back)
             self._set_mask(layer, new_mask, new_links=new_mask & ~before[name])
             layer.ever_active |= new_mask
             layer.dense_grad = None
+            layer.activations = None
             was_frozen = layer.frozen
             if self.method.early_stop is not None and not layer.frozen and n_grown > 0:
                 layer.frozen = is_epitopological_minimum(overlap, self.method.early_stop)
             layer.last_update = {
-                "removed": n_removed, "regrown": n_grown, "overlap": overlap,
-                "links": layer.links, "frozen": layer.frozen, "revived": revived,
+                "removed": n_removed, "regrown": n_grown, "pruned": pruned[name], "overlap": overlap,
+                "links": layer.links, "target": layer.target, "frozen": layer.frozen, "revived": revived,
             }
             record["layers"][name] = dict(layer.last_update, froze_now=layer.frozen and not was_frozen)
         self.history.append(record)
@@ -378,6 +484,8 @@ class DynamicSparseEngine:
             "masks": {n: l.mask.cpu().clone() for n, l in self.layers.items()},
             "ever_active": {n: l.ever_active.cpu().clone() for n, l in self.layers.items()},
             "frozen": {n: l.frozen for n, l in self.layers.items()},
+            "layer_density": {n: l.density for n, l in self.layers.items()},
+            "target": {n: l.target for n, l in self.layers.items()},
             "last_update": {n: dict(l.last_update) for n, l in self.layers.items()},
             "history": copy.deepcopy(self.history),
         }
@@ -397,6 +505,8 @@ class DynamicSparseEngine:
             layer.set_mask(state["masks"][name].to(device))
             layer.ever_active = state["ever_active"][name].to(device).bool()
             layer.frozen = bool(state["frozen"][name])
+            layer.density = float(state["layer_density"][name])
+            layer.target = int(state["target"][name])
             layer.last_update = dict(state["last_update"][name])
         self.apply_masks()
 

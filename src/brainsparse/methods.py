@@ -11,12 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._validation import check_choice, check_unit_interval
+from ._validation import check_choice, check_density, check_unit_interval
 from .errors import BrainsparseError
 from .schedules import DROP_SCHEDULES
 from .scoring.removal import REMOVAL_SCORES
 
-REGROWTH_SCORES = ("random", "gradient", "ch3_l3", "ch2_l3", "ch3.1_l3")
+REGROWTH_SCORES = ("random", "gradient", "ch3_l3", "ch2_l3", "ch3.1_l3", "cosine", "none")
+DENSITY_SCHEDULES = ("constant", "sigmoid", "cubic", "linear", "ems")
+EXPLORATIONS = ("none", "simultaneous")
+REGULARIZERS = ("none", "preferential_attachment")
 INITS = ("uniform", "er", "erk", "bsw", "bsf", "brf", "csti")
 WEIGHT_INITS = ("swi", "kaiming", "keep")
 SELECTION_RULES = ("topk", "soft")
@@ -44,6 +47,14 @@ class MethodConfig:
     drop_schedule: str = "constant"  # constant | cosine
     t_end_fraction: float = 1.0  # topology updates only while step < t_end_fraction * total_steps
     early_stop: float | None = None  # overlap threshold that freezes a layer (CHT), None = never
+    density_schedule: str = "constant"  # constant | sigmoid (CHTss) | cubic (GraNet) | linear | ems (MEST)
+    initial_density: float | None = None  # start of a decay schedule (CHTss: 0.5)
+    prune_end_fraction: float = 0.8  # decay reaches the target at this fraction of total_steps
+    prune_score: str = "relative_importance"  # score of the gradual pruning step
+    ems_extra: tuple[float, float] = (0.05, 0.025)  # EM&S: extra density before / after 60 % of T_end
+    exploration: str = "none"  # CTRE: "simultaneous" replaces re-added links by random ones
+    regularizer: str = "none"  # NeuroPrune: "preferential_attachment" proximal shrinkage every step
+    regularizer_strength: float = 5.0  # λ of the preferential-attachment penalty
 
     def __post_init__(self) -> None:
         check_choice(self.init, INITS, "init")
@@ -53,6 +64,16 @@ class MethodConfig:
         check_choice(self.regrowth, REGROWTH_SCORES, "regrowth score")
         check_choice(self.regrowth_rule, SELECTION_RULES, "regrowth rule")
         check_choice(self.drop_schedule, DROP_SCHEDULES, "drop schedule")
+        check_choice(self.density_schedule, DENSITY_SCHEDULES, "density schedule")
+        check_choice(self.prune_score, REMOVAL_SCORES, "prune score")
+        check_choice(self.exploration, EXPLORATIONS, "exploration")
+        check_choice(self.regularizer, REGULARIZERS, "regularizer")
+        if self.initial_density is not None:
+            check_density(self.initial_density, "initial_density")
+        if not 0.0 < self.prune_end_fraction <= 1.0:
+            raise BrainsparseError(f"prune_end_fraction {self.prune_end_fraction!r} is outside (0, 1]")
+        if self.regularizer_strength < 0:
+            raise BrainsparseError(f"regularizer_strength {self.regularizer_strength!r} must be >= 0")
         check_unit_interval(self.drop_fraction, "drop_fraction")
         if not 0.0 < self.t_end_fraction <= 1.0:
             raise BrainsparseError(f"t_end_fraction {self.t_end_fraction!r} is outside (0, 1]")
@@ -69,6 +90,7 @@ class MethodConfig:
         """A JSON-friendly description."""
         d = dataclasses.asdict(self)
         d["removal_temperature"] = list(self.removal_temperature)
+        d["ems_extra"] = list(self.ems_extra)
         return d
 
 
@@ -88,6 +110,35 @@ PRESETS: dict[str, MethodConfig] = {
         name="chts", init="bsw", init_params={"beta": 0.25}, removal="magnitude", removal_rule="soft",
         removal_temperature=(1.0, 3.0), percolation=True, regrowth="ch3_l3", regrowth_exact=True,
         regrowth_rule="soft", regrowth_temperature=1.0,
+    ),
+    # CHTs + sigmoid gradual density decay from 50 % to the target, BRF init (NeurIPS'25)
+    "chtss": MethodConfig(
+        name="chtss", init="brf", init_params={"r": 0.3}, removal="magnitude", removal_rule="soft",
+        removal_temperature=(1.0, 3.0), percolation=True, regrowth="ch3_l3", regrowth_exact=True,
+        regrowth_rule="soft", regrowth_temperature=1.0, density_schedule="sigmoid", initial_density=0.5,
+        prune_end_fraction=0.8, prune_score="relative_importance",
+    ),
+    # GraNet: cubic gradual pruning by magnitude plus RigL-style gradient regrowth
+    "granet": MethodConfig(
+        name="granet", init="uniform", removal="magnitude", regrowth="gradient", drop_schedule="cosine",
+        density_schedule="cubic", initial_density=0.5, prune_end_fraction=0.8, prune_score="magnitude",
+    ),
+    # MEST: magnitude + gradient removal, random regrowth, EM&S density (5 % then 2.5 % extra)
+    "mest": MethodConfig(
+        name="mest", init="uniform", removal="mest", regrowth="random", density_schedule="ems",
+        t_end_fraction=0.75,
+    ),
+    # CTRE: cosine similarity of activations for regrowth, with simultaneous random exploration
+    "ctre": MethodConfig(
+        name="ctre", init="uniform", removal="magnitude", regrowth="cosine", exploration="simultaneous",
+        drop_fraction=0.2,
+    ),
+    # NeuroPrune: dense start, preferential-attachment shrinkage every step, cubic pruning by
+    # magnitude to the target, no regrowth
+    "neuroprune": MethodConfig(
+        name="neuroprune", init="uniform", weight_init="keep", removal="magnitude", drop_fraction=0.0,
+        regrowth="none", density_schedule="cubic", initial_density=1.0, prune_end_fraction=0.5,
+        prune_score="magnitude", regularizer="preferential_attachment", regularizer_strength=5.0,
     ),
 }
 

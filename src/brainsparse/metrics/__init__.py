@@ -1,0 +1,1 @@
+"""Measures of training runs and of sparse layer graphs (algorithms.md §8)."""

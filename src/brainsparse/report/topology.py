@@ -1,0 +1,150 @@
+"""Figures of sparse layer topologies: adjacency images and degree distributions (PNG)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..errors import BrainsparseError  # noqa: E402
+from ..metrics.network import _as_bool_array, degree_distribution  # noqa: E402
+
+__all__ = ["plot_adjacency", "plot_degree_distributions", "downsample_mask"]
+
+_REDUCTIONS = ("mean", "max")
+
+
+def _save_atomic(fig, path: Path, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def downsample_mask(mask: Any, max_pixels: int = 512, reduce: str = "mean") -> tuple[np.ndarray, int, int]:
+    """Shrink an (out, in) mask to at most ``max_pixels`` per side by blocks.
+
+    Blocks are ``ceil(out / max_pixels) × ceil(in / max_pixels)`` cells (the last ones padded
+    with no links). ``reduce="mean"`` gives each block's link density, ``"max"`` whether it
+    holds any link. Returns ``(image, block_rows, block_cols)``; a mask that already fits is
+    returned as float 0/1 with blocks of 1.
+    """
+    m = _as_bool_array(mask)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise BrainsparseError(f"max_pixels {max_pixels!r} is invalid; allowed: an integer >= 1")
+    key = str(reduce).lower()
+    if key not in _REDUCTIONS:
+        raise BrainsparseError(f"unknown reduce {reduce!r}; allowed: {', '.join(_REDUCTIONS)}")
+    rows, cols = m.shape
+    br, bc = math.ceil(rows / max_pixels), math.ceil(cols / max_pixels)
+    if br == 1 and bc == 1:
+        return m.astype(np.float32), 1, 1
+    pr, pc = math.ceil(rows / br) * br, math.ceil(cols / bc) * bc
+    padded = np.zeros((pr, pc), dtype=np.float32)
+    padded[:rows, :cols] = m
+    blocks = padded.reshape(pr // br, br, pc // bc, bc)
+    image = blocks.mean(axis=(1, 3)) if key == "mean" else blocks.max(axis=(1, 3))
+    return image, br, bc
+
+
+def plot_adjacency(mask: Any, path: str | Path, title: str = "", max_pixels: int = 512,
+                   reduce: str = "mean") -> Path:
+    """Image of a layer's (out, in) mask: rows are output neurons, columns input neurons.
+
+    A mask larger than ``max_pixels`` on a side is shrunk by blocks (:func:`downsample_mask`);
+    the default ``reduce="mean"`` shows each block's link density on a colour scale (block-max
+    would turn every block black once density × block size approaches 1), ``"max"`` shows
+    which blocks hold a link. Writes a PNG atomically and returns its path.
+    """
+    m = _as_bool_array(mask)
+    image, br, bc = downsample_mask(m, max_pixels, reduce)
+    rows, cols = m.shape
+    aspect = rows / cols
+    width = 7.0
+    height = float(np.clip(width * aspect, 3.0, 10.0)) + 0.8
+    fig, ax = plt.subplots(figsize=(width + 1.5, height))
+    binary = br == 1 and bc == 1
+    vmax = 1.0 if binary or reduce == "max" else max(float(image.max()), 1e-12)
+    shown = ax.imshow(
+        image, cmap="Greys", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto",
+        extent=(0, cols, rows, 0),
+    )
+    ax.set_xlabel(f"input neuron ({cols})")
+    ax.set_ylabel(f"output neuron ({rows})")
+    links = int(m.sum())
+    note = f"{links} links, density {links / m.size:.4g}"
+    if not binary:
+        note += f"; {br}×{bc} blocks, {'link density' if reduce == 'mean' else 'any link'} per block"
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04,
+                     label="link density in block" if reduce == "mean" else "block has a link")
+    ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)
+    fig.tight_layout()
+    return _save_atomic(fig, Path(path))
+
+
+def _ccdf(degrees: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values k ≥ 1 and P(K ≥ k) over the nodes with degree ≥ 1."""
+    d = np.sort(degrees[degrees > 0])
+    if d.size == 0:
+        return d, d
+    values, first = np.unique(d, return_index=True)
+    return values, (d.size - first) / d.size
+
+
+def plot_degree_distributions(masks: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Log-log complementary CDFs ``P(K ≥ k)`` of every layer's degrees: one panel for the
+    output neurons' fan-in, one for the input neurons' fan-out, one line per layer. Isolated
+    neurons (degree 0) cannot appear on a log axis; the legend gives their number. A power law
+    ``p(k) ∝ k^−γ`` is a straight line of slope ``1 − γ``. Writes a PNG atomically.
+    """
+    if not isinstance(masks, Mapping):
+        raise BrainsparseError("masks must be a dict {layer name: (out, in) mask}")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    panels = (("output_degrees", "output neurons: fan-in"), ("input_degrees", "input neurons: fan-out"))
+    for ax, (key, label) in zip(axes, panels):
+        drawn = False
+        for name, mask in masks.items():
+            degrees = degree_distribution(mask)[key]
+            values, ccdf = _ccdf(degrees)
+            zeros = int((degrees == 0).sum())
+            legend = f"{name} ({zeros} isolated)" if zeros else str(name)
+            if values.size:
+                ax.step(values, ccdf, where="post", marker=".", markersize=3, label=legend)
+                drawn = True
+        if drawn:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no links", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("degree k")
+        ax.set_ylabel("P(K ≥ k)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save_atomic(fig, Path(path))

@@ -1,0 +1,136 @@
+"""Methods beyond SET/RigL/CHT: CHTss, GraNet, MEST (EM&S), CTRE, NeuroPrune."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import brainsparse as bs
+from brainsparse._validation import link_count
+from brainsparse.errors import BrainsparseError
+from brainsparse.models import MLP
+from brainsparse.neuroprune import preferential_attachment_shrink, redundant_heads
+from brainsparse.schedules import density_at
+from brainsparse.scoring.regrowth import cosine_similarity_scores
+
+
+def _run(method, steps, sizes=(16, 12, 12, 3), density=0.1, update_every=2, total_steps=20, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = MLP(list(sizes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = bs.sparsify(model, opt, method=method, density=density, update_every=update_every,
+                         total_steps=total_steps, seed=seed, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    counts = []
+    for _ in range(steps):
+        x = torch.randn(8, sizes[0], generator=gen)
+        y = torch.randint(0, sizes[-1], (8,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if engine.step() is not None:
+            counts.append({n: l.links for n, l in engine.layers.items()})
+    return engine, counts
+
+
+def test_cosine_similarity_hand_worked():
+    # two samples; input neuron 0 = (1, 0), input 1 = (1, 1); output 0 = (2, 0), output 1 = (0, -3)
+    x = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([[2.0, 0.0], [0.0, -3.0]])
+    mask = torch.tensor([[False, False], [False, True]])
+    s = cosine_similarity_scores(x, y, mask)
+    r = 1 / math.sqrt(2)
+    # out0·in0 = 1, out0·in1 = 1/√2, out1·in0 = 0, out1·in1 = |−1/√2| (masked: existing link)
+    assert torch.allclose(s, torch.tensor([[1.0, r], [0.0, 0.0]]), atol=1e-6)
+
+
+def test_chtss_link_counts_follow_sigmoid_schedule():
+    total, every = 40, 4
+    engine, counts = _run("chtss", 36, density=0.1, update_every=every, total_steps=total, init="uniform")
+    n_updates = int(0.8 * total) // every
+    start = {n: link_count(0.5, *l.mask.shape) for n, l in engine.layers.items()}
+    assert start  # built at the initial density 0.5
+    for i, row in enumerate(counts, start=1):
+        d = density_at(i, n_updates, 0.5, 0.1, "sigmoid")
+        for name, links in row.items():
+            shape = engine.layers[name].mask.shape
+            assert links == link_count(d, *shape), (i, name)
+    final = {n: l.links for n, l in engine.layers.items()}
+    assert all(final[n] == link_count(0.1, *engine.layers[n].mask.shape) for n in final)
+
+
+def test_chtss_starts_at_initial_density():
+    torch.manual_seed(0)
+    engine = bs.sparsify(MLP([16, 12, 3]), None, method="chtss", density=0.1, total_steps=10, init="uniform")
+    layer = engine.layers["layers.0"]
+    assert layer.links == link_count(0.5, 12, 16)
+
+
+def test_granet_cubic_schedule_counts():
+    engine, counts = _run("granet", 20, density=0.1, update_every=2, total_steps=20)
+    n_updates = int(0.8 * 20) // 2
+    for i, row in enumerate(counts, start=1):
+        d = density_at(i, n_updates, 0.5, 0.1, "cubic")
+        for name, links in row.items():
+            assert links == link_count(d, *engine.layers[name].mask.shape)
+
+
+def test_mest_ems_extra_density_then_target():
+    total, every = 40, 4
+    engine, counts = _run("mest", 40, density=0.1, update_every=every, total_steps=total)
+    t_end = int(0.75 * total)  # 30: updates at steps 4 .. 28
+    steps = [r["step"] for r in engine.history]
+    assert steps == list(range(4, 30, 4))
+    for step, row in zip(steps, counts):
+        extra = 0.05 if step <= 0.6 * t_end else (0.025 if step < t_end - every else 0.0)
+        for name, links in row.items():
+            assert links == link_count(0.1 + extra, *engine.layers[name].mask.shape), (step, name)
+
+
+def test_ctre_regrows_and_explores():
+    engine, counts = _run("ctre", 4, density=0.2)
+    assert len(engine.history) == 2
+    for row in counts:
+        for name, links in row.items():
+            assert links == engine.layers[name].target
+    for rec in engine.history:
+        for layer in rec["layers"].values():
+            assert layer["overlap"] == 0.0  # simultaneous exploration never re-adds a removed link
+
+
+def test_neuroprune_prunes_without_regrowth():
+    engine, counts = _run("neuroprune", 20, density=0.1, update_every=2, total_steps=20)
+    for rec in engine.history:
+        for layer in rec["layers"].values():
+            assert layer["regrown"] == 0
+    final = {n: l.links for n, l in engine.layers.items()}
+    assert all(final[n] == link_count(0.1, *engine.layers[n].mask.shape) for n in final)
+
+
+def test_preferential_attachment_shrink_spares_hubs():
+    w = torch.zeros(3, 3)
+    w[0, :] = 1.0  # output 0 is a hub
+    w[1, 0] = 0.2
+    w[2, 2] = 0.2
+    mask = w != 0
+    new = preferential_attachment_shrink(w, mask, step_size=0.5)
+    # hub link (0, 1): r=3, c=1 -> threshold 0.5/5 = 0.1; link (2, 2): r=0.2, c=1.2 -> 0.5/1.4
+    assert new[0, 1] == pytest.approx(1.0 - 0.5 / (1e-3 + 3.0 + 1.0), abs=1e-6)
+    assert new[2, 2] == 0.0
+    assert (new[~mask] == 0).all()
+
+
+def test_redundant_heads_dominating_set():
+    base = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    heads = torch.stack([base[0], base[0] * 2, base[1], base[2], base[2] + 1e-3, base[3]])
+    kept = redundant_heads(heads, threshold=0.95)
+    assert kept == [0, 2, 3, 5]
+
+
+def test_new_presets_validate_and_list():
+    assert {"chtss", "granet", "mest", "ctre", "neuroprune"} <= set(bs.method_names())
+    with pytest.raises(BrainsparseError, match="density schedule"):
+        bs.resolve_method("chts", density_schedule="exponential")
+    with pytest.raises(BrainsparseError, match="initial_density"):
+        bs.resolve_method("chtss", initial_density=2.0)
