@@ -20,6 +20,9 @@ from ..metrics.network import _as_bool_array, degree_distribution  # noqa: E402
 
 __all__ = ["plot_adjacency", "plot_degree_distributions", "downsample_mask"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 _REDUCTIONS = ("mean", "max")
 
 
@@ -31,7 +34,7 @@ def _save_atomic(fig, path: Path, dpi: int = 110) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -97,7 +100,7 @@ def plot_adjacency(mask: Any, path: str | Path, title: str = "", max_pixels: int
     links = int(m.sum())
     note = f"{links} links, density {links / m.size:.4g}"
     if not binary:
-        note += f"; {br}×{bc} blocks, {'link density' if reduce == 'mean' else 'any link'} per block"
+        note += f"; blocks of {br}×{bc} cells, {'link density' if reduce == 'mean' else 'any link'} per block"
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04,
                      label="link density in block" if reduce == "mean" else "block has a link")
     ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)

@@ -41,6 +41,11 @@ def write_json(path: Path, data: Any) -> None:
     _atomic(path, lambda fh: fh.write(text.encode()))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically."""
+    _atomic(path, lambda fh: fh.write(text.encode()))
+
+
 def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     """Write one JSON object per line, atomically."""
     text = "".join(json.dumps(r) + "\n" for r in rows)

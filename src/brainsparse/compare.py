@@ -1,0 +1,173 @@
+"""Methods × seeds on one task: run (or reuse) every run folder, then one table and one figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .errors import BrainsparseError  # noqa: E402
+from .metrics.training import area_across_epochs  # noqa: E402
+from .methods import resolve_method  # noqa: E402
+from .train import TrainConfig, train_classifier  # noqa: E402
+from .train.checkpoint import write_json, write_text  # noqa: E402
+
+_RUN_KEYS_IGNORED = ("method", "seed", "data_dir")
+
+
+def _same_task(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = (set(a) | set(b)) - set(_RUN_KEYS_IGNORED)
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def run_or_reuse(config: TrainConfig, folder: Path, progress: bool = True) -> tuple[str, dict[str, Any]]:
+    """Train into ``folder`` unless it already holds this run: reuse it when finished, resume it
+    when interrupted. Returns (what happened, summary)."""
+    config_file = folder / "config.json"
+    if config_file.exists():
+        stored = json.loads(config_file.read_text())
+        wanted = dataclasses.asdict(config)
+        if not _same_task(stored, wanted) or stored.get("method") != config.method or stored.get("seed") != config.seed:
+            raise BrainsparseError(
+                f"run folder '{folder}' holds a run with other settings; choose another --out or delete it"
+            )
+        if (folder / "summary.json").exists():
+            return "reused", json.loads((folder / "summary.json").read_text())
+        if (folder / "checkpoint.pt").exists():
+            return "resumed", train_classifier(config, folder, resume=True, progress=progress)
+        return "trained", train_classifier(config, folder, overwrite=True, progress=progress)
+    return "trained", train_classifier(config, folder, progress=progress)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _curves(folder: Path) -> list[float]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["test_accuracy"] for r in rows]
+
+
+def compare(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    base: TrainConfig,
+    out: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``methods × seeds`` like ``base`` into ``out/<method>-s<seed>`` and summarise them.
+
+    Writes ``compare.json``, ``compare.md`` (mean ± std of final and best test accuracy, AAE,
+    active-neuron rate and wall time; changes relative to ``dense`` when it is in the list) and
+    ``compare.png`` (test accuracy per epoch, mean over seeds with a ±std band).
+    """
+    if not methods:
+        raise BrainsparseError("no methods given; allowed: a comma-separated list such as dense,set,chts")
+    if not seeds:
+        raise BrainsparseError("no seeds given; allowed: a comma-separated list of integers such as 0,1,2")
+    for m in methods:
+        resolve_method(m)  # unknown names fail before anything runs
+    base.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        for seed in seeds:
+            config = dataclasses.replace(base, method=method, seed=seed)
+            folder = out / f"{method}-s{seed}"
+            what, summary = run_or_reuse(config, folder, progress)
+            if progress:
+                print(f"{what}: {folder} (final test accuracy {summary['final_test_accuracy']:.4f})")
+            curve = _curves(folder)
+            runs.setdefault(method, []).append(
+                {"seed": seed, "folder": str(folder), "status": what, "summary": summary, "curve": curve,
+                 "aae": area_across_epochs(curve)}
+            )
+
+    table: dict[str, Any] = {}
+    for method, items in runs.items():
+        row = {}
+        for key, values in (
+            ("final_accuracy", [r["summary"]["final_test_accuracy"] for r in items]),
+            ("best_accuracy", [r["summary"]["best_test_accuracy"] for r in items]),
+            ("aae", [r["aae"] for r in items]),
+            ("anp", [r["summary"]["active_neuron_rate"] for r in items]),
+            ("wall_time_s", [r["summary"]["wall_time_s"] for r in items]),
+        ):
+            mean, std = _mean_std(values)
+            row[key] = {"mean": mean, "std": std}
+        table[method] = row
+    if "dense" in table:
+        dense = table["dense"]
+        for row in table.values():
+            row["accuracy_vs_dense_pct"] = 100 * (row["final_accuracy"]["mean"] / dense["final_accuracy"]["mean"] - 1)
+            row["aae_vs_dense_pct"] = 100 * (row["aae"]["mean"] / dense["aae"]["mean"] - 1)
+
+    result = {
+        "task": {k: v for k, v in dataclasses.asdict(base).items() if k not in _RUN_KEYS_IGNORED},
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "table": table,
+        "runs": runs,
+    }
+    write_json(out / "compare.json", result)
+    write_text(out / "compare.md", markdown_table(result))
+    plot_comparison(runs, out / "compare.png", title=f"{base.dataset}, density {base.density:g}")
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The comparison as a Markdown table."""
+    task = result["task"]
+    lines = [
+        f"Dataset {task['dataset']}, density {task['density']:g}, {task['epochs']} epoch(s), "
+        f"seeds {', '.join(map(str, result['seeds']))}; mean ± std over seeds.",
+        "",
+        "| method | final acc | best acc | AAE | ANP | wall time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, row in result["table"].items():
+        def ms(key: str, digits: int = 4) -> str:
+            return f"{row[key]['mean']:.{digits}f} ± {row[key]['std']:.{digits}f}"
+
+        lines.append(
+            f"| {method} | {ms('final_accuracy')} | {ms('best_accuracy')} | {ms('aae')} | {ms('anp', 3)} | "
+            f"{row['wall_time_s']['mean']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
+    """Mean test accuracy per epoch for every method, with a ±std band over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, items in runs.items():
+        length = min(len(r["curve"]) for r in items)
+        epochs = list(range(1, length + 1))
+        columns = [[r["curve"][e] for r in items] for e in range(length)]
+        mean = [statistics.fmean(c) for c in columns]
+        std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns]
+        ax.plot(epochs, mean, marker="o", label=method)
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
