@@ -3,7 +3,7 @@ import math
 import pytest
 
 from brainsparse.errors import BrainsparseError
-from brainsparse.schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature, overlap_rate
+from brainsparse.schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature
 
 
 def test_cosine_drop_fraction_values():
@@ -20,10 +20,7 @@ def test_linear_temperature():
     assert linear_temperature(25, 100, 1.0, 9.0) == 3.0
 
 
-def test_overlap_and_early_stop():
-    assert overlap_rate(10, 10, 10) == 1.0
-    assert overlap_rate(10, 10, 0) == 0.0
-    assert overlap_rate(5, 0, 0) == 0.0
+def test_early_stop_threshold_is_strict():
     assert is_epitopological_minimum(0.95) and not is_epitopological_minimum(0.9)
 
 

@@ -31,7 +31,8 @@ from .layers import find_sparse_layers, infer_chains
 from .methods import MethodConfig, resolve_method
 from .percolation import active_hidden_neurons, percolate
 from .neuroprune import preferential_attachment_shrink
-from .schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature, overlap_rate
+from .metrics.training import overlap_rate
+from .schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature
 from .scoring import ch_l3
 from .scoring.regrowth import cosine_similarity_scores, gradient_magnitude, random_scores
 from .scoring.removal import removal_scores
@@ -404,8 +405,7 @@ class DynamicSparseEngine:
                 layer.target = int(m1.sum())
             new_mask = m1 | grown
             n_removed, n_grown = int(removed.sum()), int(grown.sum())
-            n_back = int((removed & grown).sum())
-            overlap = overlap_rate(n_removed, n_grown, n_back)
+            overlap = overlap_rate(removed, grown)
             self._set_mask(layer, new_mask, new_links=new_mask & ~before[name])
             layer.ever_active |= new_mask
             layer.dense_grad = None

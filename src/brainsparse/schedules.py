@@ -35,12 +35,6 @@ def linear_temperature(step: int, t_end: int, start: float = 1.0, end: float = 3
     return start + (end - start) * frac
 
 
-def overlap_rate(removed: int, regrown: int, removed_and_regrown: int) -> float:
-    """Overlap of an update = |removed ∩ regrown| / |regrown| [early stop]; 0 when nothing regrew."""
-    del removed
-    return removed_and_regrown / regrown if regrown > 0 else 0.0
-
-
 def is_epitopological_minimum(overlap: float, threshold: float = 0.9) -> bool:
     """True when the overlap rate passes the threshold (strictly), the CHT early-stop signal."""
     return overlap > threshold

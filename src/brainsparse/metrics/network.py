@@ -258,7 +258,7 @@ def _clustering_from_terms(squares: np.ndarray, potential: np.ndarray) -> np.nda
 
 def _robins_alexander_from_terms(squares: np.ndarray, n_out: int, paths3: float) -> float:
     cycles = squares[:n_out].sum() / 2.0  # each 4-cycle passes through two output nodes
-    return float(4.0 * cycles / paths3) if paths3 > 0 else math.nan
+    return float(4.0 * cycles / paths3) if paths3 > 0 else 0.0
 
 
 def square_clustering(mask: Any) -> np.ndarray:
@@ -287,8 +287,9 @@ def bipartite_clustering(mask: Any) -> float:
 
 def robins_alexander_clustering(mask: Any) -> float:
     """Global bipartite clustering of Robins & Alexander (2004):
-    ``4 · (number of 4-cycles) / (number of paths of length 3)``; nan when there is no 3-path.
-    1 for a complete bipartite graph (as ``networkx.bipartite.robins_alexander_clustering``).
+    ``4 · (number of 4-cycles) / (number of paths of length 3)``; 0 when there is no 3-path.
+    1 for a complete bipartite graph. Same values as
+    ``networkx.bipartite.robins_alexander_clustering``.
     """
     b, bt = _biadjacency(mask)
     squares, _, paths3 = _square_terms(b, bt)
