@@ -108,7 +108,7 @@ def per_call(args: argparse.Namespace) -> None:
 
 def sweep(args: argparse.Namespace) -> None:
     """Densities at which the sparse path (active backend) stops beating dense-masked."""
-    impl = "cpp" if "cpp" in available_methods() else "torch"
+    impl = args.impl or ("cpp" if "cpp" in available_methods() else "torch")
     densities = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7]
     print(f"crossover sweep, sparse = {impl}, threads={torch.get_num_threads()}; ratio = dense / sparse")
     for out_f, in_f in args.shapes:
@@ -191,6 +191,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--sweep", action="store_true", help="find the crossover density")
     p.add_argument("--mlp", action="store_true", help="time a whole MLP training step")
+    p.add_argument("--impl", choices=["cpp", "torch"], default=None, help="sparse implementation for --sweep")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -229,3 +229,31 @@ def test_report_fields():
     layer = rep["layers"]["layers.0"]
     assert layer["links"] == layer["target"] == round(0.2 * 16 * 20)
     assert 0 < rep["active_neuron_rate"] <= 1
+
+
+def test_exact_ch_falls_back_to_matrix_form_past_the_path_budget():
+    model, opt, engine = _make("chts", [20, 16, 16, 3], 0.4)
+    engine.max_exact_paths = 10
+    gen = torch.Generator().manual_seed(0)
+    _train_steps(model, opt, engine, 2, gen, 20)
+    rec = engine.history[0]["layers"]
+    assert all(r.get("ch_form", "").startswith("matrix") for r in rec.values())
+    assert all(l.links == l.target for l in engine.layers.values())
+
+
+def test_l3_path_count_matches_enumeration():
+    from brainsparse.scoring import l3_path_count
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(7, 6, generator=g) < 0.4
+    m = mask.long()
+    # every walk u - j - b - v with M[u,j], M[b,j], M[b,v] (b = u included: an upper bound of the work)
+    count = 0
+    for u in range(7):
+        for j in range(6):
+            if not mask[u, j]:
+                continue
+            for b in range(7):
+                if mask[b, j]:
+                    count += int(m[b].sum())
+    assert l3_path_count(mask) == count

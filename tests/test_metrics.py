@@ -32,7 +32,7 @@ from brainsparse.metrics import (
 )
 from brainsparse.percolation import active_hidden_neurons
 from brainsparse.report.topology import downsample_mask, plot_adjacency, plot_degree_distributions
-from brainsparse.topology import ring_lattice
+from brainsparse.topology import bipartite_scale_free, ring_lattice, uniform
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -275,6 +275,15 @@ def test_power_law_exponent_recovers_gamma():
     assert power_law_exponent(np.concatenate([sample, np.zeros(500)]))[0] == pytest.approx(gamma)
 
 
+def test_power_law_exponent_tells_scale_free_from_random_layers():
+    gen = torch.Generator().manual_seed(0)
+    bsf = degree_distribution(bipartite_scale_free(800, 800, 0.02, generator=gen))
+    er = degree_distribution(uniform(800, 800, 0.02, generator=gen))
+    gamma_bsf, _ = power_law_exponent(np.concatenate([bsf["output_degrees"], bsf["input_degrees"]]))
+    assert 2.3 < gamma_bsf < 3.3  # BSF targets γ ≈ 2.76
+    assert power_law_exponent(er["output_degrees"])[0] > 6  # binomial degrees: no heavy tail
+
+
 def test_power_law_exponent_degenerate_inputs():
     for degrees in ([], [0, 0, 0], [4, 4, 4, 4], [0, 7, 7]):
         gamma, xmin = power_law_exponent(degrees)
@@ -315,7 +324,7 @@ def test_downsample_mask_by_blocks():
     mask = m([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
     image, br, bc = downsample_mask(mask, max_pixels=2)
     assert (br, bc) == (2, 2)
-    assert image.tolist() == [[0.25, 0.0], [1.0, 0.25]]
+    assert image.tolist() == [[0.25, 0.0], [1.0, 0.5]]
     image, _, _ = downsample_mask(mask, max_pixels=2, reduce="max")
     assert image.tolist() == [[1.0, 0.0], [1.0, 1.0]]
     image, br, bc = downsample_mask(torch.ones(5, 3, dtype=torch.bool), max_pixels=2)
@@ -334,6 +343,9 @@ def test_plots_write_png_files(tmp_path):
                               tmp_path / "deg.png")
     assert (tmp_path / "deg.png").read_bytes()[:8] == PNG_MAGIC
     assert sorted(f.name for f in tmp_path.iterdir()) == ["adj.png", "deg.png", "sub"]  # no temp files left
+    with pytest.raises(BrainsparseError, match="reduce"):
+        plot_adjacency(big, tmp_path / "x.png", reduce="median")
+    assert not (tmp_path / "x.png").exists()
 
 
 # ---------------------------------------------------------------------------
@@ -390,6 +402,8 @@ def test_analyze_run_writes_json_and_pngs(tmp_path):
         assert (out / f"adjacency_{name}.png").read_bytes()[:8] == PNG_MAGIC
     assert (out / "degree_distributions.png").read_bytes()[:8] == PNG_MAGIC
     assert result["layers"]["layers.2"]["gamma_outputs"] is None  # nan written as null
+    assert result["summary"]["aae"] == result["aae"]
+    assert result["summary"]["layers"]["layers.0"]["E"] == int(masks["layers.0"].sum())
     json.loads((out / "topology.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from .errors import BrainsparseError
@@ -130,7 +129,8 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, seed: in
     ``ever_active``, or the last logged value). Writes ``topology.json`` (atomically),
     ``adjacency_<layer>.png`` per layer and ``degree_distributions.png`` into ``out_dir``
     (default ``run_dir/analysis``) and returns the same dict as the JSON (undefined values as
-    ``None``).
+    ``None``); its ``summary`` entry repeats the headline numbers (run measures and, per layer,
+    links, density, isolated nodes, clustering, path length, modularity, γ) for printing.
 
     Raises :class:`BrainsparseError` if the folder or its checkpoint is missing or unreadable.
     """
@@ -205,6 +205,14 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, seed: in
         "chains": chains,
         "layers": layers,
     }
+
+    headline = ("E", "density", "isolated_nodes", "clustering", "characteristic_path_length", "modularity",
+                "gamma_outputs", "gamma_inputs")
+    result["summary"] = {
+        key: result[key]
+        for key in ("epochs", "final_test_accuracy", "best_test_accuracy", "aae", "active_neuron_rate", "itop")
+    }
+    result["summary"]["layers"] = {name: {k: info[k] for k in headline} for name, info in layers.items()}
 
     files: dict[str, Any] = {"topology": str(out / "topology.json"), "adjacency": {}, "degree_distributions": None}
     title = ""

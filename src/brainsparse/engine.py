@@ -33,12 +33,15 @@ from .percolation import active_hidden_neurons, percolate
 from .neuroprune import preferential_attachment_shrink
 from .metrics.training import overlap_rate
 from .schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature
-from .scoring import ch_l3
+from .scoring import ch_l3, l3_path_count
 from .scoring.regrowth import cosine_similarity_scores, gradient_magnitude, random_scores
 from .scoring.removal import removal_scores
 from .selection import select
 
 _CH_VARIANTS = {"ch3_l3": "CH3", "ch2_l3": "CH2", "ch3.1_l3": "CH3.1"}
+#: Above this many L3 paths in a layer, exact CH scoring falls back to the matrix form
+#: (about 2 s on 2 CPU cores at 1e9 paths: a 1568×1568 layer near 5 % density).
+MAX_EXACT_PATHS = 1_000_000_000
 
 
 @dataclass
@@ -104,6 +107,8 @@ class DynamicSparseEngine:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
+        self.max_exact_paths = MAX_EXACT_PATHS
+        self._fallbacks: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self.layers: dict[str, SparseLayer] = {}
         self._handles: list[Any] = []
@@ -315,7 +320,12 @@ class DynamicSparseEngine:
                     f"layer {layer.name}: cosine regrowth needs a training forward pass before the update step"
                 )
             return cosine_similarity_scores(*layer.activations, kept)
-        return ch_l3(kept.cpu(), variant=_CH_VARIANTS[kind], exact=self.method.regrowth_exact).to(kept.device)
+        exact = self.method.regrowth_exact
+        if exact and l3_path_count(kept) > self.max_exact_paths:
+            # the exact form costs one step per L3 path; past the budget use the matrix form
+            exact = False
+            self._fallbacks.add(layer.name)
+        return ch_l3(kept.cpu(), variant=_CH_VARIANTS[kind], exact=exact).to(kept.device)
 
     def _active_neurons(self, masks: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """Per layer: (active output rows, active input columns) after percolation."""
@@ -357,6 +367,7 @@ class DynamicSparseEngine:
 
         kept: dict[str, Tensor] = {}
         pruned: dict[str, int] = {}
+        self._fallbacks.clear()
         for name, layer in self.layers.items():
             mask = layer.mask
             if prune_to is not None:
@@ -417,6 +428,8 @@ class DynamicSparseEngine:
                 "removed": n_removed, "regrown": n_grown, "pruned": pruned[name], "overlap": overlap,
                 "links": layer.links, "target": layer.target, "frozen": layer.frozen, "revived": revived,
             }
+            if name in self._fallbacks:
+                layer.last_update["ch_form"] = "matrix (exact form past max_exact_paths)"
             record["layers"][name] = dict(layer.last_update, froze_now=layer.frozen and not was_frozen)
         self.history.append(record)
         return record

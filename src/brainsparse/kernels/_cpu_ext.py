@@ -46,12 +46,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE_VERSION = 1
+SOURCE_VERSION = 2
 
 SOURCE = r"""
-// brainsparse CPU sparse linear kernels (plain C++, OpenMP optional)
+// brainsparse CPU sparse linear kernels: plain C++ with GCC/Clang vector extensions, OpenMP optional.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #ifdef _OPENMP
 #include <omp.h>
@@ -61,10 +62,32 @@ typedef int64_t i64;
 
 namespace {
 
-constexpr i64 RB = 16;   // output rows (or input columns) per work item: one 64-byte line of floats
-constexpr i64 TB = 32;   // transpose tile
+constexpr i64 RB = 16;  // outputs per work item: 16 floats = one 64-byte line of the row-major output
+constexpr i64 TB = 32;  // transpose tile
 
-// b (m, n) = a (n, m)ᵀ; orphaned worksharing: parallel when called inside a parallel region
+// 32-byte vectors (one AVX register; two SSE/NEON registers elsewhere), unaligned access allowed
+template <typename T> struct Vec;
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(32), aligned(4))); };
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(32), aligned(8))); };
+
+template <typename T> inline typename Vec<T>::type splat(T x) {
+  typename Vec<T>::type r = {};
+  return r + x;
+}
+template <typename T> inline typename Vec<T>::type load(const T* p) {
+  return *reinterpret_cast<const typename Vec<T>::type*>(p);
+}
+template <typename T> inline void store(T* p, typename Vec<T>::type v) {
+  *reinterpret_cast<typename Vec<T>::type*>(p) = v;
+}
+template <typename T> inline T hsum(typename Vec<T>::type v) {
+  constexpr int L = 32 / sizeof(T);
+  T s = T(0);
+  for (int i = 0; i < L; ++i) s += v[i];
+  return s;
+}
+
+// b (m, n) = a (n, m)^T; orphaned worksharing: parallel when called inside a parallel region
 template <typename T>
 void transpose(const T* __restrict a, T* __restrict b, i64 n, i64 m) {
   const i64 tn = (n + TB - 1) / TB, tm = (m + TB - 1) / TB;
@@ -77,38 +100,56 @@ void transpose(const T* __restrict a, T* __restrict b, i64 n, i64 m) {
   }
 }
 
-// acc[0:NB] = Σ_{j ∈ [j0, j1)} vals[perm? perm[j] : j] · src[idx[j] * N + n0 : ... + NB]
-template <typename T, int NB>
+// acc[0:4L] = sum_{j in [j0, j1)} vals[PERM ? perm[j] : j] * src[idx[j] * N + n0 + (0:4L)]
+// Two sets of four vector accumulators (links alternate) hide the FMA latency.
+template <typename T, bool PERM>
 inline void tile_full(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
                       i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, T* __restrict acc) {
-  T a[NB];
-  for (int i = 0; i < NB; ++i) a[i] = T(0);
-  for (i64 j = j0; j < j1; ++j) {
-    const T v = vals[perm ? perm[j] : j];
-    const T* __restrict s = src + idx[j] * N + n0;
-#pragma omp simd
-    for (int i = 0; i < NB; ++i) a[i] += v * s[i];
+  typedef typename Vec<T>::type V;
+  constexpr int L = 32 / sizeof(T);
+  V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  i64 j = j0;
+  for (; j + 1 < j1; j += 2) {
+    const V u = splat<T>(vals[PERM ? perm[j] : j]);
+    const V w = splat<T>(vals[PERM ? perm[j + 1] : j + 1]);
+    const T* s = src + idx[j] * N + n0;
+    const T* t = src + idx[j + 1] * N + n0;
+    a0 += u * load<T>(s);         b0 += w * load<T>(t);
+    a1 += u * load<T>(s + L);     b1 += w * load<T>(t + L);
+    a2 += u * load<T>(s + 2 * L); b2 += w * load<T>(t + 2 * L);
+    a3 += u * load<T>(s + 3 * L); b3 += w * load<T>(t + 3 * L);
   }
-  for (int i = 0; i < NB; ++i) acc[i] = a[i];
+  if (j < j1) {
+    const V u = splat<T>(vals[PERM ? perm[j] : j]);
+    const T* s = src + idx[j] * N + n0;
+    a0 += u * load<T>(s);
+    a1 += u * load<T>(s + L);
+    a2 += u * load<T>(s + 2 * L);
+    a3 += u * load<T>(s + 3 * L);
+  }
+  store<T>(acc, a0 + b0);
+  store<T>(acc + L, a1 + b1);
+  store<T>(acc + 2 * L, a2 + b2);
+  store<T>(acc + 3 * L, a3 + b3);
 }
 
-template <typename T>
+template <typename T, bool PERM>
 inline void tile_part(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
                       i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, i64 nb, T* __restrict acc) {
   for (i64 i = 0; i < nb; ++i) acc[i] = T(0);
   for (i64 j = j0; j < j1; ++j) {
-    const T v = vals[perm ? perm[j] : j];
+    const T v = vals[PERM ? perm[j] : j];
     const T* __restrict s = src + idx[j] * N + n0;
-#pragma omp simd
     for (i64 i = 0; i < nb; ++i) acc[i] += v * s[i];
   }
 }
 
-// out (N, n_out) [+ bias] where out[:, r] = Σ_{j ∈ ptr[r]..ptr[r+1]} vals[perm j] · srcT[idx[j], :]
-// srcT is (n_src, N). Work item = RB consecutive outputs r, so writes fill whole cache lines.
-template <typename T, int NB>
+// out (N, n_out) [+ bias], out[:, r] = sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :]
+// srcT is (n_src, N). A work item is RB consecutive outputs, so writes fill whole cache lines.
+template <typename T, bool PERM>
 void spmm_t(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals,
             const T* srcT, const T* bias, T* out) {
+  constexpr i64 NB = 4 * (32 / sizeof(T));
   const i64 blocks = (n_out + RB - 1) / RB;
 #pragma omp for schedule(dynamic, 1)
   for (i64 b = 0; b < blocks; ++b) {
@@ -117,8 +158,8 @@ void spmm_t(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, c
     for (i64 n0 = 0; n0 < N; n0 += NB) {
       const i64 nb = std::min<i64>(NB, N - n0);
       for (i64 r = r0; r < r1; ++r) {
-        if (nb == NB) tile_full<T, NB>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf[r - r0]);
-        else tile_part<T>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf[r - r0]);
+        if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf[r - r0]);
+        else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf[r - r0]);
       }
       for (i64 i = 0; i < nb; ++i) {
         T* __restrict o = out + (n0 + i) * n_out;
@@ -129,49 +170,80 @@ void spmm_t(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, c
   }
 }
 
-// gv[k] = <gyT[rows k], xT[cols k]> over the batch, rows in CSR order
+// gv[k] = <gyT[rows k], xT[cols k]> over the batch (links in CSR order); gb[r] = sum of gyT[r, :]
 template <typename T>
-void sddmm_t(i64 N, i64 n_out, const i64* crow, const i64* cols, const T* gyT, const T* xT, T* gv) {
+void sddmm_t(i64 N, i64 n_out, const i64* crow, const i64* cols, const T* gyT, const T* xT, T* gv, T* gb) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T);
+  const i64 nv = N / L;  // whole vectors per row
   const i64 blocks = (n_out + RB - 1) / RB;
 #pragma omp for schedule(dynamic, 1)
   for (i64 b = 0; b < blocks; ++b) {
     const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
     for (i64 r = r0; r < r1; ++r) {
       const T* __restrict g = gyT + r * N;
-      for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
-        const T* __restrict s = xT + cols[k] * N;
+      if (gb) {
         T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-        for (i64 i = 0; i < N; ++i) acc += g[i] * s[i];
+        for (i64 i = 0; i < N; ++i) acc += g[i];
+        gb[r] = acc;
+      }
+      if (!gv) continue;
+      i64 k = crow[r];
+      const i64 k1 = crow[r + 1];
+      if (N == 4 * L) {  // the common case (32 float / 16 double samples): the row stays in registers
+        const V g0 = load<T>(g), g1 = load<T>(g + L), g2 = load<T>(g + 2 * L), g3 = load<T>(g + 3 * L);
+        for (; k < k1; ++k) {
+          const T* s = xT + cols[k] * N;
+          const V p = (g0 * load<T>(s) + g1 * load<T>(s + L)) + (g2 * load<T>(s + 2 * L) + g3 * load<T>(s + 3 * L));
+          gv[k] = hsum<T>(p);
+        }
+        continue;
+      }
+      for (; k < k1; ++k) {
+        const T* s = xT + cols[k] * N;
+        V p0 = {}, p1 = {};
+        i64 q = 0;
+        for (; q + 1 < nv; q += 2) {
+          p0 += load<T>(g + q * L) * load<T>(s + q * L);
+          p1 += load<T>(g + (q + 1) * L) * load<T>(s + (q + 1) * L);
+        }
+        if (q < nv) p0 += load<T>(g + q * L) * load<T>(s + q * L);
+        T acc = hsum<T>(p0 + p1);
+        for (i64 i = nv * L; i < N; ++i) acc += g[i] * s[i];
         gv[k] = acc;
       }
     }
   }
 }
 
-inline bool go_parallel(i64 work) { return work >= (i64(1) << 14); }
+// Below this much work (multiply-adds) a pass runs on one thread: at batch 32 a layer of the
+// papers' MLP takes ~0.1 ms, where a fork/join — and, on a machine shared with other jobs, a
+// descheduled partner thread at a barrier — costs more than the second thread saves.
+i64 parallel_min = i64(1) << 20;
 
-template <typename T, int NB>
+inline bool go_parallel(i64 work) { return work >= parallel_min; }
+
+template <typename T>
 void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64* cols, const T* vals,
              const T* bias, T* xT, T* y) {
   const i64 K = crow[n_out];
 #pragma omp parallel if (go_parallel(K * N + N * (n_in + n_out)))
   {
     transpose<T>(x, xT, N, n_in);  // implicit barrier
-    spmm_t<T, NB>(N, n_out, crow, cols, nullptr, vals, xT, bias, y);
+    spmm_t<T, false>(N, n_out, crow, cols, nullptr, vals, xT, bias, y);
   }
 }
 
-template <typename T, int NB>
+template <typename T>
 void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xT, const i64* crow, const i64* cols,
-              const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv) {
+              const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
   const i64 K = crow[n_out];
   std::unique_ptr<T[]> gyT(new T[std::max<i64>(N * n_out, 1)]);
 #pragma omp parallel if (go_parallel(2 * K * N + N * (n_in + n_out)))
   {
     transpose<T>(gy, gyT.get(), N, n_out);  // implicit barrier
-    if (gv) sddmm_t<T>(N, n_out, crow, cols, gyT.get(), xT, gv);
-    if (gx) spmm_t<T, NB>(N, n_in, ccol, t_rows, t_perm, vals, gyT.get(), nullptr, gx);
+    if (gv || gb) sddmm_t<T>(N, n_out, crow, cols, gyT.get(), xT, gv, gb);
+    if (gx) spmm_t<T, true>(N, n_in, ccol, t_rows, t_perm, vals, gyT.get(), nullptr, gx);
   }
 }
 
@@ -179,6 +251,7 @@ void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xT, const i64* c
 
 extern "C" {
 int bs_version() { return SOURCE_VERSION_VALUE; }
+void bs_set_parallel_min(i64 work) { parallel_min = work; }
 int bs_max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -188,21 +261,21 @@ int bs_max_threads() {
 }
 void bs_forward_f32(i64 N, i64 n_in, i64 n_out, const float* x, const i64* crow, const i64* cols,
                     const float* vals, const float* bias, float* xT, float* y) {
-  forward<float, 32>(N, n_in, n_out, x, crow, cols, vals, bias, xT, y);
+  forward<float>(N, n_in, n_out, x, crow, cols, vals, bias, xT, y);
 }
 void bs_forward_f64(i64 N, i64 n_in, i64 n_out, const double* x, const i64* crow, const i64* cols,
                     const double* vals, const double* bias, double* xT, double* y) {
-  forward<double, 16>(N, n_in, n_out, x, crow, cols, vals, bias, xT, y);
+  forward<double>(N, n_in, n_out, x, crow, cols, vals, bias, xT, y);
 }
 void bs_backward_f32(i64 N, i64 n_in, i64 n_out, const float* gy, const float* xT, const i64* crow,
                      const i64* cols, const i64* t_perm, const i64* t_rows, const i64* ccol,
-                     const float* vals, float* gx, float* gv) {
-  backward<float, 32>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv);
+                     const float* vals, float* gx, float* gv, float* gb) {
+  backward<float>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv, gb);
 }
 void bs_backward_f64(i64 N, i64 n_in, i64 n_out, const double* gy, const double* xT, const i64* crow,
                      const i64* cols, const i64* t_perm, const i64* t_rows, const i64* ccol,
-                     const double* vals, double* gx, double* gv) {
-  backward<double, 16>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv);
+                     const double* vals, double* gx, double* gv, double* gb) {
+  backward<double>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv, gb);
 }
 }
 """.replace("SOURCE_VERSION_VALUE", str(SOURCE_VERSION))
@@ -210,7 +283,7 @@ void bs_backward_f64(i64 N, i64 n_in, i64 n_out, const double* gy, const double*
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _FWD_ARGS = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
-_BWD_ARGS = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+_BWD_ARGS = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lib" -> CpuKernels | None once tried, "error" -> str
@@ -232,7 +305,18 @@ class CpuKernels:
             self.forward[dtype] = fwd
             self.backward[dtype] = bwd
         lib.bs_max_threads.restype = ctypes.c_int
+        lib.bs_set_parallel_min.argtypes, lib.bs_set_parallel_min.restype = [_I64], None
         self.openmp = lib.bs_max_threads() > 0
+        env = os.environ.get("BRAINSPARSE_KERNEL_PARALLEL_MIN")
+        if env:
+            try:
+                self.set_parallel_min(int(env))
+            except ValueError:
+                log.debug("ignoring BRAINSPARSE_KERNEL_PARALLEL_MIN=%r (not an integer)", env)
+
+    def set_parallel_min(self, work: int) -> None:
+        """Run a pass multi-threaded only from this many multiply-adds (links × samples) on."""
+        self.lib.bs_set_parallel_min(max(0, int(work)))
 
 
 def cache_dir() -> Path:
@@ -276,25 +360,25 @@ def _flag_sets() -> list[list[str]]:
     ]
 
 
-def _build(cxx: str, flags: list[str], target: Path) -> bool:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bs-build-", dir=target.parent) as tmp:
-        src = Path(tmp) / "bs_kernels.cpp"
-        src.write_text(SOURCE, encoding="utf-8")
-        tmp_so = Path(tmp) / target.name
-        try:
+def _build(cxx: str, flags: list[str], target: Path) -> str | None:
+    """Compile the kernel into ``target``; returns why it failed, or ``None`` on success."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="bs-build-", dir=target.parent) as tmp:
+            src = Path(tmp) / "bs_kernels.cpp"
+            src.write_text(SOURCE, encoding="utf-8")
+            tmp_so = Path(tmp) / target.name
             proc = subprocess.run(
                 [cxx, *flags, str(src), "-o", str(tmp_so)],
                 capture_output=True, text=True, timeout=300, check=False,
             )
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.debug("brainsparse kernel build failed to run: %s", exc)
-            return False
-        if proc.returncode != 0 or not tmp_so.exists():
-            log.debug("brainsparse kernel build failed (%s): %s", " ".join(flags), proc.stderr[-2000:])
-            return False
-        os.replace(tmp_so, target)  # atomic: concurrent builders all end with a complete file
-    return True
+            if proc.returncode != 0 or not tmp_so.exists():
+                return (proc.stderr or proc.stdout or f"exit status {proc.returncode}").strip()[-500:]
+            os.replace(tmp_so, target)  # atomic: concurrent builders all end with a complete file
+    except (OSError, subprocess.SubprocessError) as exc:
+        return repr(exc)
+    log.debug("brainsparse: built %s with %s", target, " ".join(flags))
+    return None
 
 
 def _self_test(kernels: CpuKernels) -> bool:
@@ -313,17 +397,19 @@ def _self_test(kernels: CpuKernels) -> bool:
         y = torch.empty(45, 37, dtype=dtype)
         gx = torch.empty(45, 21, dtype=dtype)
         gv = torch.empty(s.nnz, dtype=dtype)
+        gb = torch.empty(37, dtype=dtype)
         kernels.forward[dtype](45, 21, 37, x.data_ptr(), s.crow.data_ptr(), s.cols.data_ptr(),
                                v.data_ptr(), b.data_ptr(), xT.data_ptr(), y.data_ptr())
         kernels.backward[dtype](45, 21, 37, gy.data_ptr(), xT.data_ptr(), s.crow.data_ptr(),
                                 s.cols.data_ptr(), s.t_perm.data_ptr(), s.t_rows.data_ptr(),
-                                s.ccol.data_ptr(), v.data_ptr(), gx.data_ptr(), gv.data_ptr())
+                                s.ccol.data_ptr(), v.data_ptr(), gx.data_ptr(), gv.data_ptr(), gb.data_ptr())
         w = s.to_dense(v)
         tol = 1e-4 if dtype == torch.float32 else 1e-10
         checks = (
             (y, x @ w.T + b),
             (gx, gy @ w),
             (gv, s.gather(gy.T @ x)),
+            (gb, gy.sum(0)),
         )
         if not all(torch.allclose(a, e, rtol=tol, atol=tol) for a, e in checks):
             return False
@@ -354,23 +440,51 @@ def _load_or_build() -> CpuKernels | None:
         _state["error"] = "no C++ compiler found (set CXX)"
         return None
     directory = cache_dir()
-    for flags in _flag_sets():
-        key = hashlib.sha256(
-            "\n".join([SOURCE, cxx, " ".join(flags), _cpu_signature()]).encode()
-        ).hexdigest()[:20]
-        target = directory / f"bs_kernels_{key}.so"
-        if not target.exists() and not _build(cxx, flags, target):
+    # a failed build is remembered (per source, compiler and machine) so that every new process
+    # does not retry it; delete the cache folder to try again
+    failed = directory / f"failed_{_key(cxx, [])}.txt"
+    if failed.exists():
+        _state["error"] = f"an earlier build failed ({failed}); delete it to retry"
+        return None
+    reasons: list[str] = []
+    targets = [(flags, directory / f"bs_kernels_{_key(cxx, flags)}.so") for flags in _flag_sets()]
+    for _, target in targets:  # first whatever an earlier process built, fastest flags first
+        if target.exists():
+            kernels = _try_load(target, reasons)
+            if kernels is not None:
+                return kernels
+    for flags, target in targets:
+        problem = _build(cxx, flags, target)
+        if problem:
+            reasons.append(f"{' '.join(flags)}: {problem}")
             continue
-        try:
-            kernels = CpuKernels(ctypes.CDLL(str(target)), target)
-        except (OSError, AttributeError) as exc:
-            log.debug("brainsparse kernel %s failed to load: %s", target, exc)
-            continue
-        if _self_test(kernels):
+        kernels = _try_load(target, reasons)
+        if kernels is not None:
             return kernels
-        log.debug("brainsparse kernel %s failed its self-test", target)
-    _state["error"] = "the C++ kernel failed to build or load (see logging at DEBUG level)"
+    _state["error"] = "the C++ kernel failed to build or load: " + " | ".join(reasons)[-2000:]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        failed.write_text("\n".join(reasons), encoding="utf-8")
+    except OSError:
+        pass
     return None
+
+
+def _try_load(target: Path, reasons: list[str]) -> CpuKernels | None:
+    try:
+        kernels = CpuKernels(ctypes.CDLL(str(target)), target)
+    except (OSError, AttributeError) as exc:
+        reasons.append(f"{target} failed to load: {exc}")
+        return None
+    if _self_test(kernels):
+        return kernels
+    reasons.append(f"{target} failed its self-test")
+    return None
+
+
+def _key(cxx: str, flags: list[str]) -> str:
+    text = "\n".join([SOURCE, cxx, " ".join(flags), _cpu_signature()])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def error() -> str | None:

@@ -158,11 +158,12 @@ class _SparseLinearFunction(torch.autograd.Function):
             n, (out_f, in_f) = x.shape[0], s.shape
             x = x.contiguous()
             values = values.contiguous()
+            b = bias.contiguous() if bias is not None else None  # keep alive during the call
             xt = x.new_empty((in_f, n))
             y = x.new_empty((n, out_f))
             kernels.forward[x.dtype](
                 n, in_f, out_f, x.data_ptr(), s.crow.data_ptr(), s.cols.data_ptr(), values.data_ptr(),
-                bias.contiguous().data_ptr() if bias is not None else None, xt.data_ptr(), y.data_ptr(),
+                None if b is None else b.data_ptr(), xt.data_ptr(), y.data_ptr(),
             )
             ctx.save_for_backward(xt, values)
             return y
@@ -184,19 +185,22 @@ class _SparseLinearFunction(torch.autograd.Function):
                 gx = gy.new_empty((n, in_f))
             if need_v:
                 gv = gy.new_empty(s.nnz)
-            if need_x or need_v:
+            if need_b and ctx.has_bias:
+                gb = gy.new_empty(out_f)
+            if gx is not None or gv is not None or gb is not None:
                 kernels.backward[gy.dtype](
                     n, in_f, out_f, gy.data_ptr(), saved.data_ptr(), s.crow.data_ptr(), s.cols.data_ptr(),
                     s.t_perm.data_ptr(), s.t_rows.data_ptr(), s.ccol.data_ptr(), values.data_ptr(),
-                    gx.data_ptr() if gx is not None else None, gv.data_ptr() if gv is not None else None,
+                    None if gx is None else gx.data_ptr(), None if gv is None else gv.data_ptr(),
+                    None if gb is None else gb.data_ptr(),
                 )
         else:
             if need_x:
                 gx = _torch_grad_x(gy, values, s)
             if need_v:
                 gv = _torch_grad_values(gy, saved, s)
-        if need_b and ctx.has_bias:
-            gb = gy.sum(0)
+            if need_b and ctx.has_bias:
+                gb = gy.sum(0)
         return gx, gv, gb, None, None
 
 

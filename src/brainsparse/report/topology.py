@@ -13,10 +13,10 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ..errors import BrainsparseError  # noqa: E402
-from ..metrics.network import _as_bool_array, degree_distribution  # noqa: E402
+from ..errors import BrainsparseError
+from ..metrics.network import _as_bool_array, degree_distribution
 
 __all__ = ["plot_adjacency", "plot_degree_distributions", "downsample_mask"]
 
@@ -74,35 +74,45 @@ def downsample_mask(mask: Any, max_pixels: int = 512, reduce: str = "mean") -> t
 
 
 def plot_adjacency(mask: Any, path: str | Path, title: str = "", max_pixels: int = 512,
-                   reduce: str = "mean") -> Path:
+                   reduce: str = "auto") -> Path:
     """Image of a layer's (out, in) mask: rows are output neurons, columns input neurons.
 
-    A mask larger than ``max_pixels`` on a side is shrunk by blocks (:func:`downsample_mask`);
-    the default ``reduce="mean"`` shows each block's link density on a colour scale (block-max
-    would turn every block black once density × block size approaches 1), ``"max"`` shows
-    which blocks hold a link. Writes a PNG atomically and returns its path.
+    A mask larger than ``max_pixels`` on a side is shrunk by blocks (:func:`downsample_mask`).
+    ``reduce="max"`` paints a block black when it holds any link (block-max: single links stay
+    visible); ``"mean"`` shades each block by its link density (square-root colour scale, so
+    that a block with one link is still visible). ``"auto"`` (default) uses block-max while a
+    block holds at most one link on average (density × block cells ≤ 1) and the density shading
+    beyond, where block-max would paint nearly every block black. Writes a PNG atomically and
+    returns its path.
     """
+    from matplotlib.colors import PowerNorm
+
     m = _as_bool_array(mask)
-    image, br, bc = downsample_mask(m, max_pixels, reduce)
     rows, cols = m.shape
-    aspect = rows / cols
-    width = 7.0
-    height = float(np.clip(width * aspect, 3.0, 10.0)) + 0.8
-    fig, ax = plt.subplots(figsize=(width + 1.5, height))
+    links = int(m.sum())
+    key = str(reduce).lower()
+    if key == "auto":
+        cells = math.ceil(rows / max_pixels) * math.ceil(cols / max_pixels) if isinstance(max_pixels, int) else 1
+        key = "max" if links / m.size * cells <= 1.0 else "mean"
+    image, br, bc = downsample_mask(m, max_pixels, key)
     binary = br == 1 and bc == 1
-    vmax = 1.0 if binary or reduce == "max" else max(float(image.max()), 1e-12)
-    shown = ax.imshow(
-        image, cmap="Greys", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto",
-        extent=(0, cols, rows, 0),
-    )
+    width = 7.0
+    height = float(np.clip(width * rows / cols, 3.0, 10.0)) + 0.8
+    fig, ax = plt.subplots(figsize=(width + 1.5, height))
+    if binary or key == "max":
+        norm = PowerNorm(gamma=1.0, vmin=0.0, vmax=1.0)
+    else:
+        norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=max(float(image.max()), 1e-12))
+    shown = ax.imshow(image, cmap="Greys", norm=norm, interpolation="nearest", aspect="auto",
+                      extent=(0, cols, rows, 0))
     ax.set_xlabel(f"input neuron ({cols})")
     ax.set_ylabel(f"output neuron ({rows})")
-    links = int(m.sum())
     note = f"{links} links, density {links / m.size:.4g}"
     if not binary:
-        note += f"; blocks of {br}×{bc} cells, {'link density' if reduce == 'mean' else 'any link'} per block"
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04,
-                     label="link density in block" if reduce == "mean" else "block has a link")
+        what = "any link" if key == "max" else "link density"
+        note += f"; blocks of {br}×{bc} cells, {what} per block"
+        if key == "mean":
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="link density in block")
     ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)
     fig.tight_layout()
     return _save_atomic(fig, Path(path))

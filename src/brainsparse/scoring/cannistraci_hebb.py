@@ -46,6 +46,7 @@ __all__ = [
     "ch_l3",
     "ch_l3_exact",
     "ch_l3_matrix",
+    "l3_path_count",
     "ch_l3_reference",
     "ch_l3_node_reference",
 ]
@@ -383,6 +384,19 @@ def ch_l3_matrix(mask: Tensor, variant: str = "CH3", *, use_sparse: bool | None 
 # --------------------------------------------------------------------------------------------
 # dispatcher
 # --------------------------------------------------------------------------------------------
+def l3_path_count(mask: Tensor) -> int:
+    """Number of L3 paths u – z1 – z2 – v in the layer (the work of the exact form).
+
+    Every link (z2, z1) lies on deg(z1) · deg(z2) paths: u ranges over z1's outputs and v over
+    z2's inputs (paths that end on existing links included).
+    """
+    m = _as_mask(mask)
+    rows, cols = m.nonzero(as_tuple=True)
+    deg_out = m.sum(dim=1, dtype=torch.float64)  # inputs per output neuron
+    deg_in = m.sum(dim=0, dtype=torch.float64)  # outputs per input neuron
+    return int((deg_out[rows] * deg_in[cols]).sum())
+
+
 def ch_l3(mask: Tensor, variant: str = "CH3", exact: bool = True) -> Tensor:
     """Cannistraci–Hebb L3 scores of every absent link of a bipartite layer, float32 ``(out, in)``.
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .._validation import check_density, check_positive_int, check_unit_interval
 from ..engine import DynamicSparseEngine, sparsify
 from ..errors import BrainsparseError
-from ..methods import INITS, resolve_method
+from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
@@ -120,6 +120,17 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return loss_sum / x.shape[0], correct / x.shape[0]
 
 
+def default_update_every(method: MethodConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Steps between topology updates when none is given: one epoch (the papers' MLP setting),
+    but for a density-decay schedule at most a tenth of the decay window, so that short runs
+    still decay gradually instead of in one jump."""
+    every = steps_per_epoch
+    if method.density_schedule in ("sigmoid", "cubic", "linear"):
+        window = int(method.prune_end_fraction * total_steps)
+        every = min(every, max(1, window // 10))
+    return every
+
+
 class _Run:
     """The live objects of one run (model, optimizer, schedule, engine)."""
 
@@ -129,18 +140,22 @@ class _Run:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        decay_epochs = max(1, int(0.9 * config.epochs))  # 0.025 → 2.5e-4 at 90 % of training
-        self.scheduler = torch.optim.lr_scheduler.LinearLR(
-            self.optimizer, start_factor=1.0, end_factor=config.lr_final_factor, total_iters=decay_epochs
+        # lr: linear decay 0.025 → 2.5e-4 reached at 90 % of training, stepped every batch
+        decay_steps = max(1, int(0.9 * config.epochs * steps_per_epoch))
+        final = config.lr_final_factor
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda t: 1.0 - (1.0 - final) * min(1.0, t / decay_steps)
         )
-        update_every = config.update_every or steps_per_epoch
+        method = resolve_method(config.method, **config.method_overrides())
+        total_steps = config.epochs * steps_per_epoch
+        update_every = config.update_every or default_update_every(method, steps_per_epoch, total_steps)
         self.engine: DynamicSparseEngine = sparsify(
             self.model,
             self.optimizer,
-            method=resolve_method(config.method, **config.method_overrides()),
+            method=method,
             density=config.density,
             update_every=update_every,
-            total_steps=config.epochs * steps_per_epoch,
+            total_steps=total_steps,
             seed=config.seed,
             init_data=init_data,
         )
@@ -268,6 +283,7 @@ def train_classifier(
             loss.backward()
             run.optimizer.step()
             run.engine.step()
+            run.scheduler.step()
             loss_sum += loss.item() * y.shape[0]
             correct += int((logits.argmax(1) == y).sum())
             seen += y.shape[0]
@@ -275,7 +291,6 @@ def train_classifier(
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         bar.close()
         lr = run.optimizer.param_groups[0]["lr"]
-        run.scheduler.step()
         test_loss, test_acc = evaluate(run.model, test_x, test_y, config.eval_batch_size)
         epoch_time = time.perf_counter() - t0
         record = _epoch_record(
