@@ -153,3 +153,13 @@ def test_real_mnist_accuracy(tmp_path, real_mnist_dir):
     cfg = _config(real_mnist_dir, hidden=[256, 256], train_subset=10000, density=0.05, epochs=2)
     summary = train_classifier(cfg, tmp_path / "real", progress=False)
     assert summary["final_test_accuracy"] > 0.85
+
+
+@pytest.mark.parametrize("method", ["chts", "chtss"])
+def test_sparse_kernel_run_resumes_exactly(tmp_path, mnist_dir, method):
+    cfg = _config(mnist_dir, epochs=3, kernel="sparse", method=method)
+    full = train_classifier(cfg, tmp_path / "full", progress=False)
+    train_classifier(cfg, tmp_path / "split", progress=False, stop_after_epochs=1)
+    resumed = train_classifier(TrainConfig(), tmp_path / "split", resume=True, progress=False)
+    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "split")
+    assert full["final_test_accuracy"] == resumed["final_test_accuracy"] > 0.5

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from . import topology
-from ._validation import check_density, check_positive_int, link_count
+from ._validation import check_choice, check_density, check_positive_int, link_count
 from .errors import BrainsparseError
+from .kernels import SparseLinear, choose_kernel
 from .layers import find_sparse_layers, infer_chains
 from .methods import MethodConfig, resolve_method
 from .percolation import active_hidden_neurons, percolate
@@ -64,14 +65,38 @@ class SparseLayer:
     def __post_init__(self) -> None:
         self.set_mask(self.mask)
 
+    @property
+    def sparse_kernel(self) -> bool:
+        """True when the layer runs on the sparse path (a :class:`SparseLinear`)."""
+        return isinstance(self.module, SparseLinear)
+
     def set_mask(self, mask: Tensor) -> None:
         """Replace the mask (bool) and its float copy used for fast multiplication."""
         self.mask = mask.bool()
-        self.mask_float = self.mask.to(self.module.weight.dtype)
+        # float copy for fast masking on the dense path; the sparse path never masks
+        self.mask_float = self.mask.new_empty(0) if self.sparse_kernel else self.mask.to(self.param.dtype)
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The parameter the optimizer updates: the dense weight, or the link values."""
+        return self.module.values if self.sparse_kernel else self.module.weight
 
     @property
     def weight(self) -> nn.Parameter:
+        """The dense weight (dense path only)."""
         return self.module.weight
+
+    def dense_weight(self) -> Tensor:
+        """The (out, in) weight, zero off-mask, on either path (a copy on the sparse path)."""
+        return self.module.dense_weight() if self.sparse_kernel else self.module.weight.detach()
+
+    @torch.no_grad()
+    def write_dense_weight(self, weight: Tensor) -> None:
+        """Set the weight at the links from a dense (out, in) tensor."""
+        if self.sparse_kernel:
+            self.module.values.copy_(self.module.structure.gather(weight))
+        else:
+            self.module.weight.copy_(weight)
 
     @property
     def links(self) -> int:
@@ -94,6 +119,8 @@ class DynamicSparseEngine:
         total_steps: int | None = None,
         seed: int = 0,
         init_data: Tensor | None = None,
+        kernel: str = "dense",
+        batch_size: int = 32,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -105,6 +132,8 @@ class DynamicSparseEngine:
         self.chains = [list(c) for c in chains]
         self.pairs = [tuple(p) for p in pairs]
         self.seed = seed
+        self.kernel = kernel
+        self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
         self.max_exact_paths = MAX_EXACT_PATHS
@@ -168,10 +197,50 @@ class DynamicSparseEngine:
                 elif method.weight_init == "kaiming":
                     topology.kaiming_init(layer.weight, layer.mask, generator=self.generator)
         self.apply_masks()
+        for layer in self.layers.values():
+            shape = layer.mask.shape
+            use = self.kernel if self.kernel != "auto" else choose_kernel(*shape, layer.density, self.batch_size)
+            if use == "sparse":
+                self._to_sparse_kernel(layer)
+
+    def _swap_param(self, old: nn.Parameter, new: nn.Parameter) -> None:
+        """Make the optimizer update ``new`` instead of ``old``, keeping ``old``'s state."""
+        if self.optimizer is None:
+            return
+        for group in self.optimizer.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        state = self.optimizer.state.pop(old, None)
+        if state:
+            self.optimizer.state[new] = state
+
+    @torch.no_grad()
+    def _to_sparse_kernel(self, layer: SparseLayer) -> None:
+        """Replace the layer's nn.Linear by a SparseLinear holding only the links; the optimizer
+        then updates (and keeps state for) the link values only."""
+        old = layer.module.weight
+        sparse = SparseLinear.from_linear(layer.module, layer.mask)
+        parent_name, _, child = layer.name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, sparse)
+        layer.module = sparse
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["params"] = [sparse.values if p is old else p for p in group["params"]]
+            state = self.optimizer.state.pop(old, None)
+            if state:
+                self.optimizer.state[sparse.values] = {
+                    k: sparse.structure.gather(v) if torch.is_tensor(v) and v.shape == old.shape else v
+                    for k, v in state.items()
+                }
+        layer.set_mask(layer.mask)
 
     def _attach(self) -> None:
         for layer in self.layers.values():
-            self._handles.append(layer.weight.register_hook(self._make_grad_hook(layer)))
+            if layer.sparse_kernel:
+                if self._needs_dense_grad():
+                    self._handles.append(layer.module.register_forward_hook(self._make_sparse_grad_capture(layer)))
+            else:
+                self._handles.append(layer.weight.register_hook(self._make_grad_hook(layer)))
             if self.method.regrowth == "cosine":
                 self._handles.append(layer.module.register_forward_hook(self._make_activation_hook(layer)))
         if self.optimizer is not None:
@@ -198,6 +267,21 @@ class DynamicSparseEngine:
 
         return hook
 
+    def _make_sparse_grad_capture(self, layer: SparseLayer):
+        """Sparse path: the dense gradient ∂L/∂W = gyᵀ x, formed only for the batch before an update."""
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if not (module.training and output.requires_grad and self.is_update_step(self.step_count + 1)):
+                return
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
+
+            def on_grad(gy: Tensor) -> None:
+                layer.dense_grad = gy.detach().reshape(-1, gy.shape[-1]).T @ x
+
+            output.register_hook(on_grad)
+
+        return hook
+
     def detach(self) -> None:
         """Remove the hooks this engine installed (masks stay on the weights)."""
         for h in self._handles:
@@ -210,8 +294,8 @@ class DynamicSparseEngine:
         if self.method.regularizer == "preferential_attachment" and self.optimizer is not None:
             lr = float(self.optimizer.param_groups[0]["lr"])
             for layer in self.layers.values():
-                layer.weight.copy_(
-                    preferential_attachment_shrink(layer.weight, layer.mask, lr * self.method.regularizer_strength)
+                layer.write_dense_weight(
+                    preferential_attachment_shrink(layer.dense_weight(), layer.mask, lr * self.method.regularizer_strength)
                 )
         self._mask_weights()
 
@@ -224,12 +308,15 @@ class DynamicSparseEngine:
         weights are re-masked here (cheap), in case an optimizer moves a zero weight.
         """
         for layer in self.layers.values():
-            layer.weight.mul_(layer.mask_float)
+            if not layer.sparse_kernel:
+                layer.weight.mul_(layer.mask_float)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zero weights, gradients and optimizer state off-mask."""
+        """Zero weights, gradients and optimizer state off-mask (the sparse path has no off-mask entries)."""
         for layer in self.layers.values():
+            if layer.sparse_kernel:
+                continue
             w = layer.weight
             w.mul_(layer.mask)
             if w.grad is not None:
@@ -286,7 +373,7 @@ class DynamicSparseEngine:
     # ------------------------------------------------------------------ update
     def _scores_for_removal(self, layer: SparseLayer, mask: Tensor, kind: str) -> Tensor:
         grad = layer.dense_grad if kind == "mest" else None
-        return removal_scores(kind, layer.weight, mask, grad)
+        return removal_scores(kind, layer.dense_weight(), mask, grad)
 
     def _prune(self, layer: SparseLayer, mask: Tensor, count: int, kind: str) -> Tensor:
         """Keep the ``count`` best links of ``mask`` by the removal score ``kind`` (hard rule)."""
@@ -436,6 +523,19 @@ class DynamicSparseEngine:
 
     @torch.no_grad()
     def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor) -> None:
+        if layer.sparse_kernel:
+            # kept links keep value and optimizer state, new links start at 0, removed ones vanish
+            old = layer.module.values
+            old_count = old.numel()
+            layer.module.set_structure(mask, optimizer=self.optimizer)
+            if old.numel() != old_count:
+                # a new link count (density schedules): a fresh Parameter, since autograd caches
+                # a leaf's shape; the optimizer follows it with its remapped state
+                new = nn.Parameter(old.detach().clone())
+                self._swap_param(old, new)
+                layer.module.values = new
+            layer.set_mask(mask)
+            return
         layer.set_mask(mask)
         w = layer.weight
         w.masked_fill_(new_links, 0.0)  # new links start at weight 0
@@ -514,7 +614,9 @@ class DynamicSparseEngine:
         self.generator.set_state(state["generator"])
         self.history = copy.deepcopy(state["history"])
         for name, layer in self.layers.items():
-            device = layer.weight.device
+            device = layer.param.device
+            if layer.sparse_kernel:
+                layer.module.set_structure(state["masks"][name].to(device))
             layer.set_mask(state["masks"][name].to(device))
             layer.ever_active = state["ever_active"][name].to(device).bool()
             layer.frozen = bool(state["frozen"][name])
@@ -539,6 +641,8 @@ def sparsify(
     pairs: Sequence[tuple[str, str]] = (),
     seed: int | None = None,
     init_data: Tensor | None = None,
+    kernel: str = "dense",
+    batch_size: int = 32,
     **method_options: Any,
 ) -> DynamicSparseEngine:
     """Make ``model``'s linear layers sparse and return the engine that evolves them.
@@ -549,7 +653,13 @@ def sparsify(
     ``drop_fraction=0.2``, ``regrowth_exact=False``). Call ``engine.step()`` after every
     ``optimizer.step()``; the topology evolves every ``update_every`` steps until
     ``t_end_fraction · total_steps``.
+
+    ``kernel`` picks the execution of the sparse layers: ``"dense"`` (dense weights multiplied by
+    masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose
+    weight and optimizer state exist only at the links) or ``"auto"`` (sparse where the layer's
+    starting density is below the measured crossover for ``batch_size``).
     """
+    kernel = check_choice(kernel, ("auto", "dense", "sparse"), "kernel")
     density = check_density(density)
     update_every = check_positive_int(update_every, "update_every")
     if total_steps is not None:
@@ -577,4 +687,5 @@ def sparsify(
     return DynamicSparseEngine(
         model, optimizer, config, density, layers, chain_list, pairs,
         update_every=update_every, total_steps=total_steps, seed=seed, init_data=init_data,
+        kernel=kernel, batch_size=batch_size,
     )

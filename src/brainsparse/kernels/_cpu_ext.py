@@ -411,8 +411,11 @@ def _self_test(kernels: CpuKernels) -> bool:
             (gv, s.gather(gy.T @ x)),
             (gb, gy.sum(0)),
         )
-        if not all(torch.allclose(a, e, rtol=tol, atol=tol) for a, e in checks):
-            return False
+        for name, (got, expected) in zip(("y", "grad_x", "grad_values", "grad_bias"), checks):
+            if not torch.allclose(got, expected, rtol=tol, atol=tol):
+                log.debug("brainsparse kernel self-test: %s %s differs by %s", dtype, name,
+                          (got - expected).abs().max().item())
+                return False
     return True
 
 
@@ -440,8 +443,8 @@ def _load_or_build() -> CpuKernels | None:
         _state["error"] = "no C++ compiler found (set CXX)"
         return None
     directory = cache_dir()
-    # a failed build is remembered (per source, compiler and machine) so that every new process
-    # does not retry it; delete the cache folder to try again
+    # a compiler that cannot build the source is remembered (per source, compiler and machine)
+    # so that every new process does not retry; delete the marker file to try again
     failed = directory / f"failed_{_key(cxx, [])}.txt"
     if failed.exists():
         _state["error"] = f"an earlier build failed ({failed}); delete it to retry"
@@ -462,11 +465,14 @@ def _load_or_build() -> CpuKernels | None:
         if kernels is not None:
             return kernels
     _state["error"] = "the C++ kernel failed to build or load: " + " | ".join(reasons)[-2000:]
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        failed.write_text("\n".join(reasons), encoding="utf-8")
-    except OSError:
-        pass
+    log.debug("brainsparse: %s", _state["error"])
+    if len(reasons) == len(targets) and all(r.startswith("-") for r in reasons):
+        # every flag set failed to compile: the compiler cannot build it, remember that
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            failed.write_text("\n".join(reasons), encoding="utf-8")
+        except OSError:
+            pass
     return None
 
 

@@ -195,13 +195,28 @@ class _SparseLinearFunction(torch.autograd.Function):
                     None if gb is None else gb.data_ptr(),
                 )
         else:
-            if need_x:
-                gx = _torch_grad_x(gy, values, s)
-            if need_v:
-                gv = _torch_grad_values(gy, saved, s)
-            if need_b and ctx.has_bias:
-                gb = gy.sum(0)
+            with torch.autocast(gy.device.type, enabled=False):
+                if need_x:
+                    gx = _torch_grad_x(gy, values, s)
+                if need_v:
+                    gv = _torch_grad_values(gy, saved, s)
+                if need_b and ctx.has_bias:
+                    gb = gy.sum(0)
         return gx, gv, gb, None, None
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for this device type, else ``None``."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    except (TypeError, AttributeError):  # torch < 2.4
+        if device_type == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+        return None
 
 
 def sparse_linear(x: Tensor, values: Tensor, structure: LinkStructure, bias: Tensor | None = None) -> Tensor:
@@ -215,6 +230,10 @@ def sparse_linear(x: Tensor, values: Tensor, structure: LinkStructure, bias: Ten
         raise BrainsparseError(f"input has {x.shape[-1]} features, the sparse layer expects {in_f}")
     if values.shape != (structure.nnz,):
         raise BrainsparseError(f"values has shape {tuple(values.shape)}, the structure {structure.nnz} links")
+    autocast = _autocast_dtype(x.device.type)
+    if autocast is not None:  # mixed precision: compute in the autocast dtype, like nn.Linear
+        x, values = x.to(autocast), values.to(autocast)
+        bias = bias.to(autocast) if bias is not None else None
     if x.dtype != values.dtype or (bias is not None and bias.dtype != values.dtype):
         raise BrainsparseError(
             f"dtype mismatch: input {x.dtype}, values {values.dtype}"
@@ -225,7 +244,11 @@ def sparse_linear(x: Tensor, values: Tensor, structure: LinkStructure, bias: Ten
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_f)
     kernels = _cpu_kernels() if x.device.type == "cpu" and x.dtype in _CSR_DTYPES else None
-    y = _SparseLinearFunction.apply(x2, values, bias, structure, kernels)
+    if autocast is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            y = _SparseLinearFunction.apply(x2, values, bias, structure, kernels)
+    else:
+        y = _SparseLinearFunction.apply(x2, values, bias, structure, kernels)
     return y.reshape(*lead, out_f) if len(lead) != 1 else y
 
 
@@ -406,6 +429,7 @@ class SparseLinear(nn.Module):
             self._cached = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        self._cached = None  # re-validate the loaded structure on next use
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: Tensor) -> Tensor:

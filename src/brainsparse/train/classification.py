@@ -55,6 +55,7 @@ class TrainConfig:
     csti_samples: int = 10000  # samples used for the CSTI correlation
     eval_batch_size: int = 1000
     data_dir: str | None = None
+    kernel: str = "dense"  # dense | sparse | auto: execution of the sparse layers
 
     def validate(self) -> None:
         """Raise :class:`BrainsparseError` naming the first bad value."""
@@ -65,6 +66,8 @@ class TrainConfig:
             check_positive_int(self.update_every, "update_every")
         if self.train_subset is not None:
             check_positive_int(self.train_subset, "train_subset")
+        if self.kernel not in ("dense", "sparse", "auto"):
+            raise BrainsparseError(f"unknown kernel {self.kernel!r}; allowed: auto, dense, sparse")
         if self.init is not None and self.init.lower() not in INITS:
             raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.beta is not None:
@@ -158,6 +161,8 @@ class _Run:
             total_steps=total_steps,
             seed=config.seed,
             init_data=init_data,
+            kernel=config.kernel,
+            batch_size=config.batch_size,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -169,10 +174,10 @@ class _Run:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state["engine"])  # first: sizes the sparse layers' link values
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.engine.load_state_dict(state["engine"])
 
 
 def _epoch_record(epoch: int, engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
