@@ -317,6 +317,33 @@ def test_failed_build_falls_back_silently(monkeypatch, tmp_path):
         set_backend(None)
 
 
+@pytest.mark.skipif(not _cpp_available(), reason="C++ kernel unavailable here")
+def test_first_use_under_autocast_still_loads_the_kernel():
+    saved = dict(_cpu_ext._state)
+    try:
+        _cpu_ext._state.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16), use_backend("auto"):
+            assert backend() == "cpp", _cpu_ext.error()
+    finally:
+        _cpu_ext._state.clear()
+        _cpu_ext._state.update(saved)
+        set_backend(None)
+
+
+def test_autocast_computes_in_the_autocast_dtype(impl):
+    s = LinkStructure.from_mask(_random_mask(12, 10, 0.4))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 10, generator=gen)
+    v = torch.randn(s.nnz, generator=gen, requires_grad=True)
+    b = torch.randn(12, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sparse_linear(x, v, s, b)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert v.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), x @ s.to_dense(v.detach()).T + b.detach(), rtol=0.05, atol=0.1)
+
+
 def test_choose_kernel():
     assert choose_kernel(1568, 1568, 0.01, 32) == "sparse"
     assert choose_kernel(1568, 784, 0.01, 256) == "sparse"

@@ -1,4 +1,4 @@
-"""Command line: ``brainsparse train | compare | analyze | methods``."""
+"""Command line: ``brainsparse train | compare | analyze | bench | methods``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default=None, help="output folder (default RUN/analysis)")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the randomised measures (modularity)")
 
+    bench = sub.add_parser("bench", help="benchmark sparse kernels, CH scoring, memory and a training epoch")
+    bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
+    bench.add_argument("--parts", type=_str_list, default=["layers", "scoring", "memory", "epoch"],
+                       help="comma-separated: layers, scoring, memory, epoch")
+    bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
+    bench.add_argument("--dataset", default="mnist", help="dataset of the epoch benchmark")
+    bench.add_argument("--data-dir", default=None)
+
     sub.add_parser("methods", help="list the method presets and their settings")
     return parser
 
@@ -132,6 +140,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmarks
+
+    allowed = {"layers", "scoring", "memory", "epoch"}
+    unknown = [p for p in args.parts if p not in allowed]
+    if unknown:
+        raise BrainsparseError(f"unknown benchmark part {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    run_benchmarks(args.out, parts=args.parts, quick=args.quick, data_dir=args.data_dir, dataset=args.dataset)
+    print(Path(args.out, "bench.md").read_text())
+    print(f"results: {args.out}/bench.json, {args.out}/bench.md")
+    return 0
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze_run
 
@@ -163,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "bench":
+            return _bench(args)
         return _methods()
     except BrainsparseError as exc:
         print(f"brainsparse: error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ The pieces are the pure functions of :mod:`brainsparse.topology`, :mod:`brainspa
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -445,6 +446,7 @@ class DynamicSparseEngine:
         Order: gradual pruning to the scheduled density (CHTss, GraNet, NeuroPrune, EM&S) →
         removal of a fraction ζ_t (top-k or soft) → percolation → regrowth to the scheduled count.
         """
+        started = time.perf_counter()
         step = self.step_count
         t_end = self.t_end or max(step, 1)
         zeta = drop_fraction(step, t_end, self.method.drop_fraction, self.method.drop_schedule)
@@ -518,6 +520,7 @@ class DynamicSparseEngine:
             if name in self._fallbacks:
                 layer.last_update["ch_form"] = "matrix (exact form past max_exact_paths)"
             record["layers"][name] = dict(layer.last_update, froze_now=layer.frozen and not was_frozen)
+        record["time_s"] = time.perf_counter() - started
         self.history.append(record)
         return record
 

@@ -382,7 +382,16 @@ def _build(cxx: str, flags: list[str], target: Path) -> str | None:
 
 
 def _self_test(kernels: CpuKernels) -> bool:
-    """Compare with a dense computation on a tiny layer (guards against a miscompiled build)."""
+    """Compare with a dense computation on a tiny layer (guards against a miscompiled build).
+
+    :func:`load` may first be called anywhere — under autocast, in inference mode — so the
+    reference is computed in float64 with autocast and autograd off.
+    """
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        return _self_test_checks(kernels)
+
+
+def _self_test_checks(kernels: CpuKernels) -> bool:
     from .structure import LinkStructure
 
     gen = torch.Generator().manual_seed(0)
@@ -403,13 +412,14 @@ def _self_test(kernels: CpuKernels) -> bool:
         kernels.backward[dtype](45, 21, 37, gy.data_ptr(), xT.data_ptr(), s.crow.data_ptr(),
                                 s.cols.data_ptr(), s.t_perm.data_ptr(), s.t_rows.data_ptr(),
                                 s.ccol.data_ptr(), v.data_ptr(), gx.data_ptr(), gv.data_ptr(), gb.data_ptr())
+        x, v, b, gy = (t.double() for t in (x, v, b, gy))
         w = s.to_dense(v)
         tol = 1e-4 if dtype == torch.float32 else 1e-10
         checks = (
-            (y, x @ w.T + b),
-            (gx, gy @ w),
-            (gv, s.gather(gy.T @ x)),
-            (gb, gy.sum(0)),
+            (y.double(), x @ w.T + b),
+            (gx.double(), gy @ w),
+            (gv.double(), s.gather(gy.T @ x)),
+            (gb.double(), gy.sum(0)),
         )
         for name, (got, expected) in zip(("y", "grad_x", "grad_values", "grad_bias"), checks):
             if not torch.allclose(got, expected, rtol=tol, atol=tol):

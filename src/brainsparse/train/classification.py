@@ -189,6 +189,7 @@ def _epoch_record(epoch: int, engine: DynamicSparseEngine, updates_before: int, 
         active_neuron_rate=report["active_neuron_rate"],
         itop=report["itop"],
         updates=len(updates),
+        update_time_s=sum(u.get("time_s", 0.0) for u in updates),
         layers={
             name: {
                 "links": info["links"],

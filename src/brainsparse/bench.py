@@ -1,0 +1,244 @@
+"""Benchmarks of the sparse execution path and the Cannistraci–Hebb scorers.
+
+``brainsparse bench`` runs every part and writes ``bench.json`` plus ``bench.md`` (Markdown
+tables). Timings are medians over repeats; every ratio compares numbers measured side by side in
+the same process. Parts:
+
+* ``layers``: forward + backward of one layer, dense ``nn.Linear`` vs dense-masked (the engine's
+  dense path: weight·mask, gradient masked) vs sparse (:class:`SparseLinear`), per shape, batch
+  and density;
+* ``epoch``: one epoch of the paper MLP (784-1568-1568-1568-10, batch 32) at 1 % density with
+  CHTs on each kernel, including its topology update, with the test accuracy after it;
+* ``scoring``: CH3-L3 scoring time, exact (path enumeration) and matrix form (dense and sparse
+  products);
+* ``memory``: bytes of weights + optimizer state (SGD momentum, Adam moments) dense vs sparse.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .kernels import SparseLinear, backend
+from .scoring.cannistraci_hebb import ch_l3_exact, ch_l3_matrix, l3_path_count
+from .topology import uniform
+from .train.checkpoint import write_json, write_text
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _layer_step(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> Callable[[], None]:
+    """Forward + backward of one layer; with ``mask``, the dense-masked path of the engine."""
+    weight = getattr(module, "weight", None)
+    mask_f = mask.float() if mask is not None else None
+
+    def run() -> None:
+        module.zero_grad(set_to_none=True)
+        if mask_f is not None:
+            y = nn.functional.linear(x, weight * mask_f, module.bias)
+        else:
+            y = module(x)
+        y.sum().backward()
+
+    return run
+
+
+def bench_layers(
+    shapes: Sequence[tuple[int, int]] = ((1568, 784), (1568, 1568), (4096, 4096)),
+    batches: Sequence[int] = (32, 256),
+    densities: Sequence[float] = (1.0, 0.3, 0.1, 0.05, 0.01, 0.001),
+    repeats: int = 20,
+) -> list[dict[str, Any]]:
+    """Forward + backward time of one layer for each kernel (seconds, median)."""
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for out_f, in_f in shapes:
+        dense = nn.Linear(in_f, out_f)
+        for batch in batches:
+            x = torch.randn(batch, in_f, requires_grad=True)
+            reps = max(3, repeats // (4 if out_f * in_f > 4_000_000 else 1))
+            t_dense = _median_time(_layer_step(dense, x), reps)
+            for d in densities:
+                mask = uniform(out_f, in_f, d, generator=g)
+                t_masked = _median_time(_layer_step(dense, x, mask), reps)
+                sparse = SparseLinear.from_linear(dense, mask)
+                t_sparse = _median_time(_layer_step(sparse, x), reps)
+                rows.append({
+                    "shape": [out_f, in_f], "batch": batch, "density": d, "dense_s": t_dense,
+                    "dense_masked_s": t_masked, "sparse_s": t_sparse,
+                    "speedup_vs_masked": t_masked / t_sparse, "speedup_vs_dense": t_dense / t_sparse,
+                })
+    return rows
+
+
+def bench_scoring(
+    sizes: Sequence[int] = (784, 1568, 4096),
+    densities: Sequence[float] = (0.01, 0.05, 0.1, 0.3),
+    repeats: int = 3,
+    max_paths: float = 2e9,
+    max_dense_n: int = 4096,
+) -> list[dict[str, Any]]:
+    """CH3-L3 scoring time of an n×n layer: exact, matrix form with dense and sparse products."""
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for n in sizes:
+        for d in densities:
+            mask = uniform(n, n, d, generator=g)
+            paths = l3_path_count(mask)
+            row: dict[str, Any] = {"n": n, "density": d, "l3_paths": paths}
+            if paths <= max_paths:
+                reps = 1 if paths > 2e8 else repeats
+                row["exact_s"] = _median_time(lambda: ch_l3_exact(mask, "CH3"), reps, warmup=0 if reps == 1 else 1)
+            else:
+                row["exact_s"] = None  # skipped: cost grows with the number of L3 paths
+            row["matrix_sparse_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=True), repeats, 1)
+            if n <= max_dense_n:
+                row["matrix_dense_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=False), max(1, repeats - 1), 1)
+                row["matrix_speedup"] = row["matrix_dense_s"] / row["matrix_sparse_s"]
+            rows.append(row)
+    return rows
+
+
+def bench_memory(shape: tuple[int, int] = (1568, 1568), density: float = 0.01) -> list[dict[str, Any]]:
+    """Bytes of weight + optimizer state for one layer, dense vs sparse path."""
+    from .engine import sparsify
+
+    rows = []
+    for opt_name in ("sgd", "adam"):
+        sizes = {}
+        for kernel in ("dense", "sparse"):
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(shape[1], shape[0]), nn.ReLU(), nn.Linear(shape[0], 10))
+            opt = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if opt_name == "sgd"
+                   else torch.optim.Adam(model.parameters(), lr=1e-3))
+            engine = sparsify(model, opt, method="set", density=density, kernel=kernel, update_every=10**9)
+            x = torch.randn(4, shape[1])
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+            layer = engine.layers["0"]
+            param = layer.param
+            state = sum(v.numel() * v.element_size() for v in opt.state[param].values() if torch.is_tensor(v) and v.dim())
+            sizes[kernel] = param.numel() * param.element_size() + state
+        rows.append({"optimizer": opt_name, "shape": list(shape), "density": density, "dense_bytes": sizes["dense"],
+                     "sparse_bytes": sizes["sparse"], "ratio": sizes["sparse"] / sizes["dense"]})
+    return rows
+
+
+def bench_epoch(dataset: str = "mnist", data_dir: str | None = None, density: float = 0.01,
+                train_subset: int | None = None) -> list[dict[str, Any]]:
+    """One epoch (+ its topology update and the evaluation) of the paper MLP per kernel, CHTs."""
+    import tempfile
+
+    from .train import TrainConfig, train_classifier
+
+    rows = []
+    for kernel in ("dense", "sparse"):
+        config = TrainConfig(dataset=dataset, data_dir=data_dir, method="chts", density=density, epochs=2,
+                             seed=0, kernel=kernel, train_subset=train_subset)
+        with tempfile.TemporaryDirectory() as tmp:
+            train_classifier(config, Path(tmp) / "run", progress=False, stop_after_epochs=1)
+            metrics = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        rows.append({
+            "kernel": kernel, "epoch_s": metrics["epoch_time_s"], "test_accuracy": metrics["test_accuracy"],
+            "topology_update_s": metrics.get("update_time_s"), "links": {n: v["links"] for n, v in metrics["layers"].items()},
+        })
+    dense, sparse = rows
+    sparse["speedup_vs_dense_masked"] = dense["epoch_s"] / sparse["epoch_s"]
+    if sparse.get("topology_update_s") is not None:
+        sparse["update_share_of_epoch"] = sparse["topology_update_s"] / sparse["epoch_s"]
+    return rows
+
+
+def run_benchmarks(out: str | Path, parts: Sequence[str] = ("layers", "scoring", "memory", "epoch"),
+                   quick: bool = False, data_dir: str | None = None, dataset: str = "mnist") -> dict[str, Any]:
+    """Run the chosen parts and write ``bench.json`` and ``bench.md`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "sparse_backend": backend()},
+        "quick": quick,
+    }
+    if "layers" in parts:
+        result["layers"] = bench_layers(
+            shapes=((1568, 784), (1568, 1568)) if quick else ((1568, 784), (1568, 1568), (4096, 4096)),
+            densities=(1.0, 0.1, 0.01) if quick else (1.0, 0.3, 0.1, 0.05, 0.01, 0.001),
+            repeats=5 if quick else 20,
+        )
+    if "scoring" in parts:
+        result["scoring"] = bench_scoring(sizes=(784, 1568) if quick else (784, 1568, 4096),
+                                          densities=(0.01, 0.05) if quick else (0.01, 0.05, 0.1, 0.3),
+                                          repeats=2 if quick else 3)
+    if "memory" in parts:
+        result["memory"] = bench_memory()
+    if "epoch" in parts:
+        result["epoch"] = bench_epoch(dataset=dataset, data_dir=data_dir, train_subset=6000 if quick else None)
+    write_json(out / "bench.json", result)
+    write_text(out / "bench.md", markdown(result))
+    return result
+
+
+def _fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "skipped"
+    return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The benchmark result as Markdown tables."""
+    m = result["machine"]
+    lines = [f"Machine: {m['platform']}, torch {m['torch']}, {m['threads']} threads, sparse backend `{m['sparse_backend']}`.", ""]
+    if "layers" in result:
+        lines += ["### One layer, forward + backward (median)", "",
+                  "| shape (out×in) | batch | density | dense | dense-masked | sparse | sparse vs masked |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["layers"]:
+            lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | {r['density']:g} | {_fmt(r['dense_s'])} | "
+                         f"{_fmt(r['dense_masked_s'])} | {_fmt(r['sparse_s'])} | {r['speedup_vs_masked']:.1f}× |")
+        lines.append("")
+    if "epoch" in result:
+        lines += ["### Paper MLP, one epoch of CHTs at 1 % density (batch 32)", "",
+                  "| kernel | epoch | topology update | test accuracy after the epoch |", "|---|---|---|---|"]
+        for r in result["epoch"]:
+            lines.append(f"| {r['kernel']} | {_fmt(r['epoch_s'])} | {_fmt(r.get('topology_update_s'))} | {r['test_accuracy']:.4f} |")
+        sparse = result["epoch"][-1]
+        lines += ["", f"Sparse path: {sparse['speedup_vs_dense_masked']:.1f}× faster than dense-masked"
+                  + (f"; topology update = {100 * sparse['update_share_of_epoch']:.1f} % of the epoch." if "update_share_of_epoch" in sparse else "."), ""]
+    if "scoring" in result:
+        lines += ["### CH3-L3 scoring of an n×n layer (median)", "",
+                  "| n | density | L3 paths | exact | matrix, sparse products | matrix, dense products | matrix sparse vs dense |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["scoring"]:
+            speed = f"{r['matrix_speedup']:.1f}×" if "matrix_speedup" in r else "–"
+            lines.append(f"| {r['n']} | {r['density']:g} | {r['l3_paths']:.3g} | {_fmt(r['exact_s'])} | "
+                         f"{_fmt(r['matrix_sparse_s'])} | {_fmt(r.get('matrix_dense_s'))} | {speed} |")
+        lines.append("")
+    if "memory" in result:
+        lines += ["### Weights + optimizer state of a 1568×1568 layer at 1 %", "",
+                  "| optimizer | dense path | sparse path | ratio |", "|---|---|---|---|"]
+        for r in result["memory"]:
+            lines.append(f"| {r['optimizer']} | {r['dense_bytes'] / 2**20:.2f} MiB | {r['sparse_bytes'] / 2**20:.3f} MiB | "
+                         f"{100 * r['ratio']:.2f} % |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["run_benchmarks", "bench_layers", "bench_scoring", "bench_memory", "bench_epoch", "markdown"]

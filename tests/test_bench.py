@@ -1,0 +1,16 @@
+import json
+
+from brainsparse.bench import bench_layers, bench_memory, bench_scoring, markdown
+
+
+def test_bench_parts_produce_consistent_rows():
+    layers = bench_layers(shapes=((32, 16),), batches=(4,), densities=(1.0, 0.1), repeats=2)
+    assert len(layers) == 2 and all(r["sparse_s"] > 0 and r["dense_masked_s"] > 0 for r in layers)
+    scoring = bench_scoring(sizes=(40,), densities=(0.1,), repeats=1)
+    assert scoring[0]["exact_s"] > 0 and scoring[0]["matrix_sparse_s"] > 0 and "matrix_speedup" in scoring[0]
+    memory = bench_memory(shape=(64, 64), density=0.05)
+    assert all(r["ratio"] < 0.2 for r in memory)  # links + their state only
+    text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "torch"},
+                     "layers": layers, "scoring": scoring, "memory": memory})
+    assert "| 32×16 |" in text and "CH3-L3" in text
+    json.dumps(layers)
