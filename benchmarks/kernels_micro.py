@@ -17,6 +17,7 @@ and the median over rounds is printed, so a busy machine slows all of them alike
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -29,8 +30,17 @@ from brainsparse.kernels import LinkStructure, SparseLinear, backend, set_backen
 Step = Callable[[], None]
 
 
-def _median_ms(fns: dict[str, Step], rounds: int, inner: int) -> dict[str, float]:
-    """Median time per call (ms). A name that is a backend ("torch", "cpp") runs under it."""
+def _clock(kind: str) -> Callable[[], float]:
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def _timings(fns: dict[str, Step], rounds: int, inner: int, clock: str = "wall") -> dict[str, tuple[float, float]]:
+    """(median, min) time per call in ms over ``rounds``. A name that is a backend runs under it.
+
+    ``clock="cpu"`` counts process CPU time instead of wall time: on a machine shared with other
+    jobs and with one thread, it leaves out the time this process was not scheduled.
+    """
+    now = _clock(clock)
     for name, f in fns.items():  # warm-up
         with use_backend(name if name in ("torch", "cpp") else "auto"):
             for _ in range(3):
@@ -39,12 +49,16 @@ def _median_ms(fns: dict[str, Step], rounds: int, inner: int) -> dict[str, float
     for _ in range(rounds):
         for name, f in fns.items():
             set_backend(name if name in ("torch", "cpp") else "auto")
-            t = time.perf_counter()
+            t = now()
             for _ in range(inner):
                 f()
-            times[name].append((time.perf_counter() - t) / inner)
+            times[name].append((now() - t) / inner)
     set_backend("auto")
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {k: (statistics.median(v) * 1e3, min(v) * 1e3) for k, v in times.items()}
+
+
+def _median_ms(fns: dict[str, Step], rounds: int, inner: int, clock: str = "wall") -> dict[str, float]:
+    return {k: med for k, (med, _) in _timings(fns, rounds, inner, clock).items()}
 
 
 def _layer_steps(out_f: int, in_f: int, density: float, batch: int, methods: list[str]) -> dict[str, Step]:
@@ -96,14 +110,16 @@ def available_methods() -> list[str]:
 
 def per_call(args: argparse.Namespace) -> None:
     methods = available_methods()
-    print(f"threads={torch.get_num_threads()}  (ms per forward+backward, median of {args.rounds} rounds)")
-    print(f"{'layer':>12} {'density':>8} {'batch':>6} " + " ".join(f"{m:>8}" for m in methods))
+    print(f"threads={torch.get_num_threads()}  ms per forward+backward, {args.clock} clock, "
+          f"median (min) of {args.rounds} rounds")
+    print(f"{'layer':>12} {'density':>8} {'batch':>6} " + " ".join(f"{m:>17}" for m in methods))
     for out_f, in_f in args.shapes:
         for density in args.density:
             for batch in args.batch:
                 fns = _layer_steps(out_f, in_f, density, batch, methods)
-                ms = _median_ms(fns, args.rounds, args.inner)
-                print(f"{in_f:>5}->{out_f:<5} {density:>8.3%} {batch:>6} " + " ".join(f"{ms[m]:>8.3f}" for m in methods))
+                ms = _timings(fns, args.rounds, args.inner, args.clock)
+                cells = " ".join(f"{ms[m][0]:>8.3f} ({ms[m][1]:>6.3f})" for m in methods)
+                print(f"{in_f:>5}->{out_f:<5} {density:>8.3%} {batch:>6} {cells}")
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -115,7 +131,8 @@ def sweep(args: argparse.Namespace) -> None:
         for batch in args.batch:
             row = []
             for d in densities:
-                ms = _median_ms(_layer_steps(out_f, in_f, d, batch, ["dense", impl]), args.rounds, args.inner)
+                ms = _median_ms(_layer_steps(out_f, in_f, d, batch, ["dense", impl]), args.rounds, args.inner,
+                                args.clock)
                 row.append(f"{d:.0%}:{ms['dense'] / ms[impl]:.2f}")
             print(f"{in_f}->{out_f} batch {batch}: " + "  ".join(row))
 
@@ -147,7 +164,9 @@ def mlp_step(args: argparse.Namespace) -> None:
         lin.weight.register_hook(lambda g, mf=mf: g * mf)
     dense_opt = torch.optim.SGD(dense_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    sparse_layers: list[nn.Module] = [SparseLinear.from_linear(lin, m) for lin, m in zip(dense_layers[:-1], masks)]
+    sparse_layers: list[nn.Module] = [
+        SparseLinear.from_linear(copy.deepcopy(lin), m) for lin, m in zip(dense_layers[:-1], masks)
+    ]
     head = nn.Linear(sizes[-2], sizes[-1])
     head.load_state_dict(dense_layers[-1].state_dict())
     sparse_model = build([*sparse_layers, head])
@@ -173,9 +192,9 @@ def mlp_step(args: argparse.Namespace) -> None:
     fns = {"dense": dense_step, "torch": sparse_step}
     if "cpp" in available_methods():
         fns["cpp"] = sparse_step
-    ms = _median_ms(fns, args.rounds, args.inner)
+    ms = _median_ms(fns, args.rounds, args.inner, args.clock)
     print(f"MLP {'-'.join(map(str, sizes))} density {density:.1%} batch {batch}, SGD momentum, "
-          f"threads={torch.get_num_threads()}: ms per training step (median of {args.rounds} rounds)")
+          f"threads={torch.get_num_threads()}: ms per training step ({args.clock} clock, median of {args.rounds} rounds)")
     for k, v in ms.items():
         print(f"  {k:>6}: {v:8.3f} ms   speed-up vs dense {ms['dense'] / v:6.2f}x")
 
@@ -189,6 +208,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--inner", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or process CPU time (steadier on a shared machine with --threads 1)")
     p.add_argument("--sweep", action="store_true", help="find the crossover density")
     p.add_argument("--mlp", action="store_true", help="time a whole MLP training step")
     p.add_argument("--impl", choices=["cpp", "torch"], default=None, help="sparse implementation for --sweep")

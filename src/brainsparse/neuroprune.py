@@ -21,12 +21,12 @@ from torch import Tensor
 
 def preferential_attachment_shrink(weight: Tensor, mask: Tensor, step_size: float, eps: float = 1e-3) -> Tensor:
     """One proximal step of the preferential-attachment penalty; returns the new weight."""
-    w = weight.detach() * mask
-    magnitude = w.abs()
+    w = weight.detach()
+    magnitude = w.abs().mul_(mask)
     rows = magnitude.sum(dim=1, keepdim=True)  # r_i, strength of output neuron i
     cols = magnitude.sum(dim=0, keepdim=True)  # c_j, strength of input neuron j
-    threshold = step_size / (eps + rows + cols)  # ηλ / (ε + r_i + c_j)
-    return torch.sign(w) * (magnitude - threshold).clamp_min(0.0)
+    threshold = (rows + cols).add_(eps).reciprocal_().mul_(step_size)  # ηλ / (ε + r_i + c_j)
+    return magnitude.sub_(threshold).clamp_(min=0.0).mul_(torch.sign(w))
 
 
 def redundant_heads(head_outputs: Tensor, threshold: float = 0.9) -> list[int]:
