@@ -32,7 +32,9 @@ def _metrics(folder: Path) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("method", ["chts", "cht", "set", "rigl", "static", "dense"])
+@pytest.mark.parametrize(
+    "method", ["chts", "cht", "set", "rigl", "static", "dense", "chtss", "granet", "mest", "ctre", "neuroprune"]
+)
 def test_every_method_learns_and_keeps_exact_counts(tmp_path, mnist_dir, method):
     summary = train_classifier(_config(mnist_dir, method=method), tmp_path / method, progress=False)
     assert summary["epochs_completed"] == 2

@@ -54,7 +54,7 @@ class MethodConfig:
     ems_extra: tuple[float, float] = (0.05, 0.025)  # EM&S: extra density before / after 60 % of T_end
     exploration: str = "none"  # CTRE: "simultaneous" replaces re-added links by random ones
     regularizer: str = "none"  # NeuroPrune: "preferential_attachment" proximal shrinkage every step
-    regularizer_strength: float = 5.0  # λ of the preferential-attachment penalty
+    regularizer_strength: float = 0.01  # λ of the preferential-attachment penalty
 
     def __post_init__(self) -> None:
         check_choice(self.init, INITS, "init")
@@ -139,7 +139,7 @@ PRESETS: dict[str, MethodConfig] = {
     "neuroprune": MethodConfig(
         name="neuroprune", init="uniform", weight_init="keep", removal="magnitude", drop_fraction=0.0,
         regrowth="none", density_schedule="cubic", initial_density=1.0, prune_end_fraction=0.5,
-        prune_score="magnitude", regularizer="preferential_attachment", regularizer_strength=5.0,
+        prune_score="magnitude", regularizer="preferential_attachment", regularizer_strength=0.01,
     ),
 }
 

@@ -5,7 +5,7 @@
    neurons keep their links ("rich get richer"):
    ``W_ij ← sign(W_ij) · max(|W_ij| − η λ / (ε + r_i + c_j), 0)``, r_i = Σ_k |W_ik|, c_j = Σ_k |W_kj|.
    Our choices where the paper is silent: strengths are the ℓ1 norms of the current (masked)
-   weights, recomputed every step; η is the optimizer's learning rate; λ defaults to 5; the
+   weights, recomputed every step; η is the optimizer's learning rate; λ defaults to 0.01 (per step, relative to the learning rate); the
    network is then hard-thresholded to the target density by magnitude on the engine's density
    schedule (cubic by default).
 2. Redundant attention heads: heads whose outputs on a batch are near-duplicates (cosine
