@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from brainsparse.kernels import LinkStructure, SparseLinear, backend, set_backend, sparse_linear, use_backend
+from brainsparse.kernels import (
+    LinkStructure,
+    SparseLinear,
+    backend,
+    set_backend,
+    sparse_linear,
+    use_backend,
+)
 
 Step = Callable[[], None]
 
@@ -144,8 +152,8 @@ def mlp_step(args: argparse.Namespace) -> None:
     batch = args.batch[0]
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    dense_layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    masks = [torch.rand(b, a, generator=gen) < density for a, b in zip(sizes[:-2], sizes[1:-1])]
+    dense_layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
+    masks = [torch.rand(b, a, generator=gen) < density for a, b in itertools.pairwise(sizes[:-1])]
     with torch.no_grad():
         for lin, m in zip(dense_layers, masks):
             lin.weight.mul_(m)

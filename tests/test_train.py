@@ -29,6 +29,7 @@ def _metrics(folder: Path) -> list[dict]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         row.pop("epoch_time_s")
+        row.pop("update_time_s")
     return rows
 
 

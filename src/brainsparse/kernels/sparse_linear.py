@@ -5,7 +5,7 @@ Forward, gradient w.r.t. the input and gradient w.r.t. the existing links (``gra
 never formed. Two implementations:
 
 * ``"cpp"`` (CPU, float32/float64): the JIT-compiled kernel of :mod:`._cpu_ext`, one call per
-  pass, ~2 µs overhead per call.
+  pass, a few µs of overhead per call.
 * ``"torch"`` (any device, the fallback): PyTorch CSR kernels — ``torch.sparse.mm`` for the
   forward and input gradient, ``torch.sparse.sampled_addmm`` for the link gradients (cuSPARSE
   on GPU). Half-precision inputs use a gather/``index_add`` formulation instead.
@@ -253,16 +253,32 @@ def sparse_linear(x: Tensor, values: Tensor, structure: LinkStructure, bias: Ten
 
 
 # ---------------------------------------------------------------------------- crossover
-#: Density below which the sparse path beats the dense-masked ``x @ (W*M).T`` (forward + backward
-#: of one layer, float32, 2 threads), by batch size. Measured with ``benchmarks/kernels_micro.py``
-#: on the project machine (AMD EPYC, 2 cores, AVX2, torch 2.13 CPU + MKL), median of repeats,
-#: C++ kernel, for 1568×1568 and 784→1568 (the two agreed within the measurement noise):
-#:   batch 32:  sparse faster up to ~?? % density
-#:   batch 256: sparse faster up to ~?? % density
-#: Between the measured batch sizes the threshold is interpolated in log(batch).
-CROSSOVER_CPP = ((32, 0.30), (256, 0.20))
-#: The same for the PyTorch CSR fallback (its ~0.2 ms per call floor lowers the crossover).
-CROSSOVER_TORCH = ((32, 0.05), (256, 0.05))
+#: Density below which the sparse path beats the dense-masked layer ``x @ (W*M).T + b`` (forward +
+#: backward of one layer, float32), as ``(batch size, density)`` points; interpolated in
+#: log(batch) between them, constant outside. Measured with ``benchmarks/kernels_micro.py`` on the
+#: project machine (2-core AMD EPYC VM, AVX2, torch 2.13 CPU + MKL), dense/sparse time ratio,
+#: best of 25 runs of process CPU time, 1 thread:
+#:
+#:   C++ kernel         density:  20 %   25 %   30 %   35 %   40 %
+#:     1568x1568  batch  32       1.81   1.39   1.12   1.03   0.90
+#:     1568x1568  batch 256       1.54   1.23   1.06   0.94   0.82
+#:     784->1568  batch  32       1.93   1.56   1.17   1.00   0.89
+#:     784->1568  batch 256       1.54   1.31   1.12   0.97   0.84
+#:   PyTorch CSR        density:  10 %   15 %   20 %   25 %   30 %
+#:     1568x1568  batch  32       2.27   1.55   1.11   0.92   0.77
+#:     1568x1568  batch 256       1.70   1.20   0.94   0.76   0.64
+#:     784->1568  batch  32       1.93   1.46   1.10   0.88   0.81
+#:     784->1568  batch 256       1.81   1.21   0.97   0.80   0.66
+#:
+#: i.e. crossovers of ~35 % (C++, both batch sizes) and ~22 % / ~18 % (CSR, batch 32 / 256).
+#: Two-thread timings could not be taken on the shared machine (other jobs kept both cores busy,
+#: and every OpenMP region — even a 50 k-element ReLU — then waited ~8 ms for a descheduled
+#: thread); at these densities both the C++ kernel (work above ``_cpu_ext.PARALLEL_MIN``) and MKL
+#: run on both threads, so the ratio should hold. The constants sit ~5 points below the measured
+#: crossovers as a margin. At the papers' 1 % density the sparse path is 12-25x faster.
+CROSSOVER_CPP = ((32, 0.30), (256, 0.30))
+#: The same for the PyTorch CSR fallback (its ~0.2 ms per-call floor and slower kernels).
+CROSSOVER_TORCH = ((32, 0.18), (256, 0.13))
 
 
 def crossover_density(batch_size: int, implementation: str | None = None) -> float:
@@ -278,7 +294,11 @@ def crossover_density(batch_size: int, implementation: str | None = None) -> flo
 
 
 def choose_kernel(out_features: int, in_features: int, density: float, batch_size: int) -> str:
-    """``"sparse"`` or ``"dense"``: which execution is expected to be faster for this layer on CPU."""
+    """``"sparse"`` or ``"dense"``: which execution is expected to be faster for this layer on CPU.
+
+    Compares ``density`` with :func:`crossover_density` for the active backend (the measured
+    crossover does not depend much on the layer size in the papers' range, see ``CROSSOVER_CPP``).
+    """
     if density >= 1.0 or out_features * in_features == 0:
         return "dense"
     return "sparse" if density < crossover_density(max(1, int(batch_size))) else "dense"
@@ -383,6 +403,8 @@ class SparseLinear(nn.Module):
         new links start at 0). The ``values`` Parameter object is kept — only its data changes
         (in place when the link count is unchanged) — so an optimizer holding it stays valid;
         pass ``optimizer`` to remap its per-link state (momentum, Adam moments) the same way.
+        When the link count changes, call this between steps: an autograd graph built before
+        still expects the old shape for ``values``.
         """
         if not isinstance(structure, LinkStructure):
             structure = LinkStructure.from_mask(structure)
