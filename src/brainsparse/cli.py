@@ -36,7 +36,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update-every", type=int, default=None, help="optimizer steps between topology updates (default: one epoch)")
     p.add_argument("--drop-fraction", type=float, default=None, help="fraction of links removed per update (zeta)")
     p.add_argument("--ch-form", choices=["exact", "matrix"], default=None, help="Cannistraci-Hebb score: exact paths or matrix form")
-    p.add_argument("--kernel", default="dense", help="execution of sparse layers: dense (masked), sparse (real sparse kernels), auto")
+    p.add_argument("--kernel", default="auto", help="execution of sparse layers: auto (sparse below the measured crossover density), dense (masked), sparse")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N samples only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -55,7 +55,7 @@ class TrainConfig:
     csti_samples: int = 10000  # samples used for the CSTI correlation
     eval_batch_size: int = 1000
     data_dir: str | None = None
-    kernel: str = "dense"  # dense | sparse | auto: execution of the sparse layers
+    kernel: str = "auto"  # auto | dense | sparse: execution of the sparse layers
 
     def validate(self) -> None:
         """Raise :class:`BrainsparseError` naming the first bad value."""
