@@ -18,6 +18,7 @@ from .errors import BrainsparseError  # noqa: E402
 from .metrics.training import area_across_epochs  # noqa: E402
 from .methods import resolve_method  # noqa: E402
 from .train import TrainConfig, train_classifier  # noqa: E402
+from .report.plots import save_figure  # noqa: E402
 from .train.checkpoint import write_json, write_text  # noqa: E402
 
 _RUN_KEYS_IGNORED = ("method", "seed", "data_dir")
@@ -166,8 +167,4 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: st
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

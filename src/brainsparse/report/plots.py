@@ -12,6 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG atomically (temporary file, then rename) and close it."""
+    from ..train.checkpoint import atomic_write  # here: train imports report
+
+    path = Path(path)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plot_training_curves(metrics: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Two panels over epochs: train/test accuracy and active-neuron rate with density."""
     epochs = [m["epoch"] for m in metrics]
@@ -33,9 +45,4 @@ def plot_training_curves(metrics: Sequence[dict[str, Any]], path: Path, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,38 +11,23 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # noqa: E402
 
 from ..errors import BrainsparseError
-from ..metrics.network import _as_bool_array, degree_distribution
+from ..metrics.network import _as_bool_array, degree_distribution  # noqa: E402
+from .plots import save_figure  # noqa: E402
 
 __all__ = ["plot_adjacency", "plot_degree_distributions", "downsample_mask"]
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 _REDUCTIONS = ("mean", "max")
 
 
 def _save_atomic(fig, path: Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG to a temporary file beside ``path``, then rename it over ``path``."""
+    """Save ``fig`` as PNG atomically and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)
 
 
 def downsample_mask(mask: Any, max_pixels: int = 512, reduce: str = "mean") -> tuple[np.ndarray, int, int]:

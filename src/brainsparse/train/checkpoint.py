@@ -16,7 +16,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -38,23 +39,23 @@ def _atomic(path: Path, write) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically."""
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     """Write one JSON object per line, atomically."""
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then rename over ``path``."""
-    _atomic(path, lambda fh: torch.save(state, fh))
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
