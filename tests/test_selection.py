@@ -115,3 +115,12 @@ def test_exact_count_and_subset_of_candidates(rows, cols, frac, rule, temperatur
     chosen = select(scores, k, cand, rule=rule, temperature=temperature, generator=g)
     assert int(chosen.sum()) == k
     assert not (chosen & ~cand).any()
+
+
+def test_non_finite_scores_count_as_zero():
+    scores = torch.tensor([[float("nan"), float("inf"), 2.0, 1.0]])
+    cand = torch.ones(1, 4, dtype=torch.bool)
+    chosen = select(scores, 2, cand, generator=gen())
+    assert chosen[0, 2] and chosen[0, 3] and int(chosen.sum()) == 2
+    chosen = select(scores, 3, cand, generator=gen())
+    assert chosen[0, 2] and chosen[0, 3] and int(chosen.sum()) == 3

@@ -38,7 +38,7 @@ from .schedules import density_at, drop_fraction, is_epitopological_minimum, lin
 from .scoring import ch_l3, l3_path_count
 from .scoring.regrowth import cosine_similarity_scores, gradient_magnitude, random_scores
 from .scoring.removal import removal_scores
-from .selection import select
+from .selection import count, select
 
 _CH_VARIANTS = {"ch3_l3": "CH3", "ch2_l3": "CH2", "ch3.1_l3": "CH3.1"}
 #: Above this many L3 paths in a layer, exact CH scoring falls back to the matrix form
@@ -101,7 +101,7 @@ class SparseLayer:
 
     @property
     def links(self) -> int:
-        return int(self.mask.sum())
+        return count(self.mask)
 
 
 class DynamicSparseEngine:
@@ -376,15 +376,15 @@ class DynamicSparseEngine:
         grad = layer.dense_grad if kind == "mest" else None
         return removal_scores(kind, layer.dense_weight(), mask, grad)
 
-    def _prune(self, layer: SparseLayer, mask: Tensor, count: int, kind: str) -> Tensor:
-        """Keep the ``count`` best links of ``mask`` by the removal score ``kind`` (hard rule)."""
-        if int(mask.sum()) <= count:
+    def _prune(self, layer: SparseLayer, mask: Tensor, n_links: int, kind: str) -> Tensor:
+        """Keep the ``n_links`` best links of ``mask`` by the removal score ``kind`` (hard rule)."""
+        if count(mask) <= n_links:
             return mask
         scores = self._scores_for_removal(layer, mask, kind)
-        return select(scores, count, mask, rule="topk", generator=self.generator, fallback=mask)
+        return select(scores, n_links, mask, rule="topk", generator=self.generator, fallback=mask)
 
     def _removal_keep(self, layer: SparseLayer, mask: Tensor, n_keep: int, temperature: float) -> Tensor:
-        if layer.frozen or n_keep >= int(mask.sum()):
+        if layer.frozen or n_keep >= count(mask):
             return mask.clone()
         scores = self._scores_for_removal(layer, mask, self.method.removal)
         return select(
@@ -409,7 +409,9 @@ class DynamicSparseEngine:
                 )
             return cosine_similarity_scores(*layer.activations, kept)
         exact = self.method.regrowth_exact
-        if exact and l3_path_count(kept) > self.max_exact_paths:
+        links = count(kept)
+        cheap = links * int(kept.sum(dim=1).max()) * int(kept.sum(dim=0).max()) <= self.max_exact_paths
+        if exact and not cheap and l3_path_count(kept) > self.max_exact_paths:
             # the exact form costs one step per L3 path; past the budget use the matrix form
             exact = False
             self._fallbacks.add(layer.name)
@@ -430,12 +432,12 @@ class DynamicSparseEngine:
     def _explore(self, grown: Tensor, removed: Tensor, kept: Tensor) -> Tensor:
         """CTRE (simultaneous): links re-added right after removal are swapped for random new ones."""
         readded = grown & removed
-        n = int(readded.sum())
+        n = count(readded)
         if n == 0:
             return grown
         grown = grown & ~readded
         free = ~kept & ~grown & ~removed
-        n = min(n, int(free.sum()))
+        n = min(n, count(free))
         pick = select(torch.ones(free.shape, device=free.device), n, free, generator=self.generator)
         return grown | pick
 
@@ -461,10 +463,10 @@ class DynamicSparseEngine:
             mask = layer.mask
             if prune_to is not None:
                 shape = mask.shape
-                count = link_count(self._layer_density(layer.base_density, prune_to), *shape)
-                mask = self._prune(layer, mask, count, self.method.prune_score)
-            pruned[name] = int(before[name].sum()) - int(mask.sum())
-            n_on = int(mask.sum())
+                n_links = link_count(self._layer_density(layer.base_density, prune_to), *shape)
+                mask = self._prune(layer, mask, n_links, self.method.prune_score)
+            pruned[name] = count(before[name]) - count(mask)
+            n_on = count(mask)
             if self.method.density_schedule == "ems":
                 n_keep = n_on  # EM&S removes only by shrinking to the target density
             else:
@@ -497,14 +499,14 @@ class DynamicSparseEngine:
                 if self.method.exploration == "simultaneous":
                     grown = self._explore(grown, removed, m1)
                 # links that had to touch a neuron percolation removed (no room between active ones)
-                revived = int((grown & ~between_active).sum()) if self.method.percolation else 0
+                revived = count(grown & ~between_active) if self.method.percolation else 0
             elif n_grow < 0:  # more links than the target: drop the weakest
                 m1 = self._prune(layer, m1, layer.target, self.method.removal)
                 removed = before[name] & ~m1
             if self.method.regrowth == "none":
                 layer.target = int(m1.sum())
             new_mask = m1 | grown
-            n_removed, n_grown = int(removed.sum()), int(grown.sum())
+            n_removed, n_grown = count(removed), count(grown)
             overlap = overlap_rate(removed, grown)
             self._set_mask(layer, new_mask, new_links=new_mask & ~before[name])
             layer.ever_active |= new_mask
@@ -567,13 +569,13 @@ class DynamicSparseEngine:
                     "density": layer.links / mask.numel(),
                     "active_in": int(mask.any(dim=0).sum()),
                     "active_out": int(mask.any(dim=1).sum()),
-                    "active_neurons": int(hidden[i].sum()),
+                    "active_neurons": count(hidden[i]),
                     "itop": float(layer.ever_active.float().mean()),
                     "overlap": layer.last_update.get("overlap"),
                     "frozen": layer.frozen,
                 }
                 hidden_total += mask.shape[0]
-                hidden_active += int(hidden[i].sum())
+                hidden_active += count(hidden[i])
         total_links = sum(v["links"] for v in layers.values())
         total_size = sum(layer.mask.numel() for layer in self.layers.values())
         return {

@@ -19,6 +19,11 @@ from .errors import BrainsparseError
 RULES = ("topk", "soft")
 
 
+def count(mask: Tensor) -> int:
+    """Number of true entries (count_nonzero: several times faster than a bool sum)."""
+    return int(torch.count_nonzero(mask))
+
+
 def _random_pick(index: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
     """``k`` entries of ``index`` uniformly without replacement."""
     if k <= 0:
@@ -73,7 +78,7 @@ def select(
         raise BrainsparseError(f"temperature {temperature!r} is invalid; allowed: a number >= 0")
     flat_scores = scores.reshape(-1)
     cand = candidates.reshape(-1).bool()
-    n_cand = int(cand.sum())
+    n_cand = count(cand)
     if k < 0 or k > n_cand:
         raise BrainsparseError(f"cannot select {k} links from {n_cand} candidates")
     chosen = torch.zeros_like(cand)
@@ -86,14 +91,19 @@ def select(
         chosen[pick] = True
         return chosen.view_as(candidates)
 
-    s = torch.nan_to_num(flat_scores.double(), nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
-    positive = cand & (s > 0)
+    # only candidates with a finite positive score compete; NaN and ±inf count as zero
+    positive = cand & (flat_scores > 0)
     pos_index = positive.nonzero().squeeze(1)
+    finite = torch.isfinite(flat_scores[pos_index])
+    if not bool(finite.all()):
+        positive[pos_index[~finite]] = False
+        pos_index = pos_index[finite]
     if pos_index.numel() > k:
+        s = flat_scores[pos_index].double()
         if rule == "topk" or math.isinf(temperature):
-            pick = _ranked(pos_index, s[pos_index], k, generator)
+            pick = _ranked(pos_index, s, k, generator)
         else:
-            keys = gumbel_keys(temperature * torch.log(s[pos_index]), generator)
+            keys = gumbel_keys(temperature * torch.log(s), generator)
             pick = pos_index[torch.topk(keys, k).indices]
         chosen[pick] = True
         return chosen.view_as(candidates)
