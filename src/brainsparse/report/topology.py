@@ -23,13 +23,6 @@ __all__ = ["plot_adjacency", "plot_degree_distributions", "downsample_mask"]
 _REDUCTIONS = ("mean", "max")
 
 
-def _save_atomic(fig, path: Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_figure(fig, path, dpi=dpi)
-
-
 def downsample_mask(mask: Any, max_pixels: int = 512, reduce: str = "mean") -> tuple[np.ndarray, int, int]:
     """Shrink an (out, in) mask to at most ``max_pixels`` per side by blocks.
 
@@ -98,7 +91,7 @@ def plot_adjacency(mask: Any, path: str | Path, title: str = "", max_pixels: int
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="link density in block")
     ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)
     fig.tight_layout()
-    return _save_atomic(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _ccdf(degrees: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,4 +136,4 @@ def plot_degree_distributions(masks: Mapping[str, Any], path: str | Path, title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save_atomic(fig, Path(path))
+    return save_figure(fig, Path(path))

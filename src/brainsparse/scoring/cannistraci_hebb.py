@@ -446,6 +446,19 @@ def _community_degrees(
     return di, de
 
 
+def _absent_pairs(mask: Tensor):
+    """For the slow references: yield (u, i, v, paths, community) for every absent pair,
+    with v = out + i the input node, its L3 paths and their local community."""
+    n_out, n_in, nbr = _graph(mask.cpu())
+    for u in range(n_out):
+        for i in range(n_in):
+            v = n_out + i
+            if v in nbr[u]:
+                continue
+            paths = _l3_paths(nbr, u, v)
+            yield u, i, v, paths, {z for path in paths for z in path}, nbr
+
+
 def ch_l3_reference(mask: Tensor, variant: str = "CH3") -> Tensor:
     """Slow, literal path form [CH3-L3] / [CH2-L3] / [CH3.1-L3], for tests on small graphs.
 
@@ -454,26 +467,19 @@ def ch_l3_reference(mask: Tensor, variant: str = "CH3") -> Tensor:
     """
     m = _as_mask(mask)
     var = _canonical_variant(variant)
-    n_out, n_in, nbr = _graph(m.cpu())
-    scores = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for u in range(n_out):
-        for i in range(n_in):
-            v = n_out + i
-            if v in nbr[u]:
-                continue
-            paths = _l3_paths(nbr, u, v)
-            community = {z for path in paths for z in path}
-            total = 0.0
-            for z1, z2 in paths:
-                di1, de1 = _community_degrees(nbr, community, u, v, z1)
-                di2, de2 = _community_degrees(nbr, community, u, v, z2)
-                if var == "CH3":
-                    total += 1.0 / math.sqrt((1 + de1) * (1 + de2))
-                elif var == "CH2":
-                    total += math.sqrt((1 + di1) * (1 + di2)) / math.sqrt((1 + de1) * (1 + de2))
-                else:
-                    total += 1.0 / math.sqrt((1.0 / (1 + di1) + de1) * (1.0 / (1 + di2) + de2))
-            scores[u, i] = total
+    scores = torch.zeros(m.shape, dtype=torch.float64)
+    for u, i, v, paths, community, nbr in _absent_pairs(m):
+        total = 0.0
+        for z1, z2 in paths:
+            di1, de1 = _community_degrees(nbr, community, u, v, z1)
+            di2, de2 = _community_degrees(nbr, community, u, v, z2)
+            if var == "CH3":
+                total += 1.0 / math.sqrt((1 + de1) * (1 + de2))
+            elif var == "CH2":
+                total += math.sqrt((1 + di1) * (1 + di2)) / math.sqrt((1 + de1) * (1 + de2))
+            else:
+                total += 1.0 / math.sqrt((1.0 / (1 + di1) + de1) * (1.0 / (1 + di2) + de2))
+        scores[u, i] = total
     return scores.to(torch.float32).to(m.device)
 
 
@@ -486,22 +492,16 @@ def ch_l3_node_reference(mask: Tensor, variant: str = "CH3") -> Tensor:
     """
     m = _as_mask(mask)
     var = _canonical_variant(variant)
-    n_out, n_in, nbr = _graph(m.cpu())
-    scores = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for u in range(n_out):
-        for i in range(n_in):
-            v = n_out + i
-            if v in nbr[u]:
-                continue
-            community = {z for path in _l3_paths(nbr, u, v) for z in path}
-            total = 0.0
-            for z in community:
-                di, de = _community_degrees(nbr, community, u, v, z)
-                if var == "CH3":
-                    total += 1.0 / (1 + de)
-                elif var == "CH2":
-                    total += (1 + di) / (1 + de)
-                else:
-                    total += (1 + di) / (1 + de) ** (1 + de / (1 + de))
-            scores[u, i] = total
+    scores = torch.zeros(m.shape, dtype=torch.float64)
+    for u, i, v, _paths, community, nbr in _absent_pairs(m):
+        total = 0.0
+        for z in community:
+            di, de = _community_degrees(nbr, community, u, v, z)
+            if var == "CH3":
+                total += 1.0 / (1 + de)
+            elif var == "CH2":
+                total += (1 + di) / (1 + de)
+            else:
+                total += (1 + di) / (1 + de) ** (1 + de / (1 + de))
+        scores[u, i] = total
     return scores.to(torch.float32).to(m.device)
