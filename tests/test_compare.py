@@ -22,8 +22,8 @@ def test_compare_writes_table_and_figure_and_reuses_runs(tmp_path, mnist_dir):
     md = (out / "compare.md").read_text()
     assert "| chts |" in md and "±" in md
     row = result["table"]["set"]
-    assert 0 <= row["final_accuracy"]["mean"] <= 1 and row["final_accuracy"]["std"] >= 0
-    assert "accuracy_vs_dense_pct" in row
+    assert 0 <= row["final_score"]["mean"] <= 1 and row["final_score"]["std"] >= 0
+    assert "score_vs_dense_pct" in row
     assert all(r["status"] == "trained" for runs in result["runs"].values() for r in runs)
     stamp = (out / "set-s0" / "metrics.jsonl").stat().st_mtime_ns
 

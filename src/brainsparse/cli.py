@@ -19,27 +19,49 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``train`` and ``compare``."""
-    p.add_argument("--task", default="classification", help="classification (MLP on an MNIST-family dataset)")
-    p.add_argument("--dataset", default="fashion-mnist", help="mnist, fashion-mnist, emnist-balanced, ...")
+    """Options shared by ``train`` and ``compare``. Options left out take the task's defaults;
+    an option that does not apply to the chosen task is an error."""
+    p.add_argument("--task", default="classification", choices=["classification", "translation", "lm"],
+                   help="classification (MLP, MNIST family), translation (Transformer, Multi30k), lm (LLaMA, PTB)")
+    p.add_argument("--dataset", default=None,
+                   help="classification: mnist, fashion-mnist (default), emnist-balanced, ...; "
+                        "translation: multi30k (default), iwslt14, wmt17; lm: ptb (default), tinyshakespeare, ...")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (else $BRAINSPARSE_DATA, system locations)")
-    p.add_argument("--density", type=float, default=0.01, help="fraction of links kept in sparse layers, in (0, 1]")
+    p.add_argument("--model", default=None, help="translation: small (default), multi30k, base; lm: llama-tiny (default), llama-60m, llama-130m, hf-llama-tiny")
+    p.add_argument("--density", type=float, default=None, help="fraction of links kept in sparse layers, in (0, 1] (default 0.01; 0.1 for translation, 0.3 for lm)")
     p.add_argument("--init", default=None, help="initial topology: uniform, er, erk, bsw, bsf, brf, csti (default: the method's)")
     p.add_argument("--beta", type=float, default=None, help="BSW rewiring probability in [0, 1]")
     p.add_argument("--r", type=float, default=None, help="BRF locality in [0, 1]")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.025)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--hidden", type=_int_list, default=[1568, 1568, 1568], help="hidden widths, e.g. 1568,1568,1568")
-    p.add_argument("--update-every", type=int, default=None, help="optimizer steps between topology updates (default: one epoch)")
+    p.add_argument("--update-every", type=int, default=None, help="optimizer steps between topology updates (default: one epoch / the task's setting)")
     p.add_argument("--drop-fraction", type=float, default=None, help="fraction of links removed per update (zeta)")
     p.add_argument("--ch-form", choices=["exact", "matrix"], default=None, help="Cannistraci-Hebb score: exact paths or matrix form")
-    p.add_argument("--kernel", default="auto", help="execution of sparse layers: auto (sparse below the measured crossover density), dense (masked), sparse")
-    p.add_argument("--train-subset", type=int, default=None, help="train on the first N samples only")
+    p.add_argument("--kernel", default=None, help="execution of sparse layers: auto (sparse below the measured crossover density), dense (masked), sparse")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (translation: the noam scale)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="classification: images (32); lm: sequences")
+    p.add_argument("--train-subset", type=int, default=None, help="train on the first N samples (sentences) only")
+    cls = p.add_argument_group("classification")
+    cls.add_argument("--epochs", type=int, default=None, help="(default 10)")
+    cls.add_argument("--momentum", type=float, default=None, help="(default 0.9)")
+    cls.add_argument("--hidden", type=_int_list, default=None, help="hidden widths (default 1568,1568,1568)")
+    seq = p.add_argument_group("translation and lm")
+    seq.add_argument("--steps", type=int, default=None, help="optimizer steps of the run")
+    seq.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up steps")
+    seq.add_argument("--eval-every", type=int, default=None, help="steps between validations and checkpoints")
+    seq.add_argument("--dropout", type=float, default=None)
+    tr = p.add_argument_group("translation")
+    tr.add_argument("--batch-tokens", type=int, default=None, help="tokens per batch (source + target)")
+    tr.add_argument("--beam", type=int, default=None, help="beam size of the decoder (default 2)")
+    tr.add_argument("--label-smoothing", type=float, default=None)
+    lm = p.add_argument_group("lm")
+    lm.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+#: argparse destinations that are not config fields
+_NOT_CONFIG = {"command", "task", "threads", "no_progress", "ch_form", "out", "resume", "overwrite", "methods",
+               "seeds", "method", "seed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,47 +105,37 @@ def _str_list(text: str) -> list[str]:
 
 
 def _config_from_args(args: argparse.Namespace, method: str, seed: int):
-    import torch
+    """The task's config from the given options (the others keep the task's defaults)."""
+    import dataclasses
 
-    from .train import TrainConfig
+    from .train import task_entry
+    from .train.common import set_threads
 
-    if args.task != "classification":
-        raise BrainsparseError(f"unknown task {args.task!r}; allowed: classification")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BrainsparseError(f"threads {args.threads!r} is not a positive integer")
-        torch.set_num_threads(args.threads)
-    return TrainConfig(
-        dataset=args.dataset.lower(),
-        method=method.lower(),
-        density=args.density,
-        epochs=args.epochs,
-        seed=seed,
-        init=args.init,
-        beta=args.beta,
-        r=args.r,
-        hidden=args.hidden,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        update_every=args.update_every,
-        drop_fraction=args.drop_fraction,
-        regrowth_exact=None if args.ch_form is None else args.ch_form == "exact",
-        train_subset=args.train_subset,
-        data_dir=args.data_dir,
-        kernel=args.kernel.lower(),
-    )
+    config_cls, _ = task_entry(args.task)
+    set_threads(args.threads)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    values = {"method": method.lower(), "seed": seed}
+    for key, value in vars(args).items():
+        if key in _NOT_CONFIG or value is None:
+            continue
+        if key not in fields:
+            option = "--" + key.replace("_", "-")
+            raise BrainsparseError(f"option {option} does not apply to task {args.task!r}")
+        values[key] = value.lower() if key in ("dataset", "kernel", "model") else value
+    if args.ch_form is not None:
+        values["regrowth_exact"] = args.ch_form == "exact"
+    return config_cls(**values)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train_classifier
+    from .train import task_entry
 
     config = _config_from_args(args, args.method, args.seed)
     if not args.resume:
         config.validate()
     out = args.out or f"runs/{config.dataset}-{config.method}-d{config.density:g}-s{config.seed}"
-    summary = train_classifier(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    _, train = task_entry(args.task)
+    summary = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     print(f"run folder: {out}")
     return 0

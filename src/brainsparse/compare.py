@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import BrainsparseError  # noqa: E402
 from .metrics.training import area_across_epochs  # noqa: E402
 from .methods import resolve_method  # noqa: E402
-from .train import TrainConfig, train_classifier  # noqa: E402
+from .train import task_entry  # noqa: E402
 from .report.plots import save_figure  # noqa: E402
 from .train.checkpoint import write_json, write_text  # noqa: E402
 
@@ -29,9 +29,11 @@ def _same_task(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def run_or_reuse(config: TrainConfig, folder: Path, progress: bool = True) -> tuple[str, dict[str, Any]]:
+def run_or_reuse(config: Any, folder: Path, progress: bool = True) -> tuple[str, dict[str, Any]]:
     """Train into ``folder`` unless it already holds this run: reuse it when finished, resume it
-    when interrupted. Returns (what happened, summary)."""
+    when interrupted. ``config`` is any task's config (see :data:`brainsparse.train.TASKS`).
+    Returns (what happened, summary)."""
+    _, train = task_entry(config.task)
     config_file = folder / "config.json"
     if config_file.exists():
         stored = json.loads(config_file.read_text())
@@ -43,9 +45,9 @@ def run_or_reuse(config: TrainConfig, folder: Path, progress: bool = True) -> tu
         if (folder / "summary.json").exists():
             return "reused", json.loads((folder / "summary.json").read_text())
         if (folder / "checkpoint.pt").exists():
-            return "resumed", train_classifier(config, folder, resume=True, progress=progress)
-        return "trained", train_classifier(config, folder, overwrite=True, progress=progress)
-    return "trained", train_classifier(config, folder, progress=progress)
+            return "resumed", train(config, folder, resume=True, progress=progress)
+        return "trained", train(config, folder, overwrite=True, progress=progress)
+    return "trained", train(config, folder, progress=progress)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -55,24 +57,26 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _curves(folder: Path) -> list[float]:
+def _curves(folder: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["test_accuracy"] for r in rows]
+    return [r[key] for r in rows if r.get(key) is not None]
 
 
 def compare(
     methods: Sequence[str],
     seeds: Sequence[int],
-    base: TrainConfig,
+    base: Any,
     out: str | Path,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``methods × seeds`` like ``base`` into ``out/<method>-s<seed>`` and summarise them.
 
-    Writes ``compare.json``, ``compare.md`` (mean ± std of final and best test accuracy, AAE,
-    active-neuron rate and wall time; changes relative to ``dense`` when it is in the list) and
-    ``compare.png`` (test accuracy per epoch, mean over seeds with a ±std band).
+    Writes ``compare.json``, ``compare.md`` (mean ± std of the task's final and best score — test
+    accuracy, test BLEU or test perplexity —, its area across evaluations (AAE), active-neuron
+    rate and wall time; changes relative to ``dense`` when it is in the list) and ``compare.png``
+    (the validation/test curve, mean over seeds with a ±std band).
     """
+    cls = type(base)
     if not methods:
         raise BrainsparseError("no methods given; allowed: a comma-separated list such as dense,set,chts")
     if not seeds:
@@ -89,8 +93,8 @@ def compare(
             folder = out / f"{method}-s{seed}"
             what, summary = run_or_reuse(config, folder, progress)
             if progress:
-                print(f"{what}: {folder} (final test accuracy {summary['final_test_accuracy']:.4f})")
-            curve = _curves(folder)
+                print(f"{what}: {folder} ({cls.SCORE} {summary[cls.SCORE]:.4f})")
+            curve = _curves(folder, cls.CURVE)
             runs.setdefault(method, []).append(
                 {"seed": seed, "folder": str(folder), "status": what, "summary": summary, "curve": curve,
                  "aae": area_across_epochs(curve)}
@@ -100,8 +104,8 @@ def compare(
     for method, items in runs.items():
         row = {}
         for key, values in (
-            ("final_accuracy", [r["summary"]["final_test_accuracy"] for r in items]),
-            ("best_accuracy", [r["summary"]["best_test_accuracy"] for r in items]),
+            ("final_score", [r["summary"][cls.SCORE] for r in items]),
+            ("best_score", [r["summary"][cls.BEST] for r in items]),
             ("aae", [r["aae"] for r in items]),
             ("anp", [r["summary"]["active_neuron_rate"] for r in items]),
             ("wall_time_s", [r["summary"]["wall_time_s"] for r in items]),
@@ -112,11 +116,15 @@ def compare(
     if "dense" in table:
         dense = table["dense"]
         for row in table.values():
-            row["accuracy_vs_dense_pct"] = 100 * (row["final_accuracy"]["mean"] / dense["final_accuracy"]["mean"] - 1)
+            row["score_vs_dense_pct"] = 100 * (row["final_score"]["mean"] / dense["final_score"]["mean"] - 1)
             row["aae_vs_dense_pct"] = 100 * (row["aae"]["mean"] / dense["aae"]["mean"] - 1)
 
     result = {
         "task": {k: v for k, v in dataclasses.asdict(base).items() if k not in _RUN_KEYS_IGNORED},
+        "score": cls.SCORE,
+        "curve": cls.CURVE,
+        "curve_x": cls.CURVE_X,
+        "higher_is_better": cls.HIGHER_IS_BETTER,
         "methods": list(methods),
         "seeds": list(seeds),
         "table": table,
@@ -124,18 +132,21 @@ def compare(
     }
     write_json(out / "compare.json", result)
     write_text(out / "compare.md", markdown_table(result))
-    plot_comparison(runs, out / "compare.png", title=f"{base.dataset}, density {base.density:g}")
+    plot_comparison(runs, out / "compare.png", title=f"{base.dataset}, density {base.density:g}",
+                    ylabel=cls.CURVE.replace("_", " "), xlabel=cls.CURVE_X.replace("_", " "))
     return result
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The comparison as a Markdown table."""
     task = result["task"]
+    length = f"{task['epochs']} epoch(s)" if "epochs" in task else f"{task.get('steps')} steps"
+    score = result.get("score", "final_test_accuracy").replace("_", " ")
     lines = [
-        f"Dataset {task['dataset']}, density {task['density']:g}, {task['epochs']} epoch(s), "
-        f"seeds {', '.join(map(str, result['seeds']))}; mean ± std over seeds.",
+        f"Task {task.get('task', 'classification')}, dataset {task['dataset']}, density {task['density']:g}, {length}, "
+        f"seeds {', '.join(map(str, result['seeds']))}; mean ± std over seeds. Score: {score}.",
         "",
-        "| method | final acc | best acc | AAE | ANP | wall time (s) |",
+        "| method | final score | best score | AAE | ANP | wall time (s) |",
         "|---|---|---|---|---|---|",
     ]
     for method, row in result["table"].items():
@@ -143,14 +154,18 @@ def markdown_table(result: dict[str, Any]) -> str:
             return f"{row[key]['mean']:.{digits}f} ± {row[key]['std']:.{digits}f}"
 
         lines.append(
-            f"| {method} | {ms('final_accuracy')} | {ms('best_accuracy')} | {ms('aae')} | {ms('anp', 3)} | "
+            f"| {method} | {ms('final_score')} | {ms('best_score')} | {ms('aae')} | {ms('anp', 3)} | "
             f"{row['wall_time_s']['mean']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
-    """Mean test accuracy per epoch for every method, with a ±std band over seeds."""
+def plot_comparison(
+    runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "", ylabel: str = "test accuracy",
+    xlabel: str = "epoch",
+) -> Path:
+    """Mean evaluation curve (test accuracy per epoch, BLEU or perplexity per evaluation) for
+    every method, with a ±std band over seeds."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, items in runs.items():
         length = min(len(r["curve"]) for r in items)
@@ -160,8 +175,8 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, title: st
         std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns]
         ax.plot(epochs, mean, marker="o", label=method)
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy")
+    ax.set_xlabel(xlabel if xlabel == "epoch" else f"evaluation ({xlabel})")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     if title:

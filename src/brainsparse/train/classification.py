@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
+from .common import clear_run_folder, prepare_run_folder, topology_record
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
@@ -34,6 +35,13 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "c
 class TrainConfig:
     """Settings of one classification run (defaults: the papers' MLP recipe, algorithms.md §9)."""
 
+    SCORE: ClassVar[str] = "final_test_accuracy"
+    BEST: ClassVar[str] = "best_test_accuracy"
+    CURVE: ClassVar[str] = "test_accuracy"
+    CURVE_X: ClassVar[str] = "epoch"
+    HIGHER_IS_BETTER: ClassVar[bool] = True
+
+    task: str = "classification"
     dataset: str = "fashion-mnist"
     method: str = "chts"
     density: float = 0.01
@@ -180,50 +188,6 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def _epoch_record(epoch: int, engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
-    report = engine.report()
-    updates = engine.history[updates_before:]
-    record = {"epoch": epoch, **values}
-    record.update(
-        density=report["density"],
-        active_neuron_rate=report["active_neuron_rate"],
-        itop=report["itop"],
-        updates=len(updates),
-        update_time_s=sum(u.get("time_s", 0.0) for u in updates),
-        layers={
-            name: {
-                "links": info["links"],
-                "target": info["target"],
-                "density": info["density"],
-                "active_in": info["active_in"],
-                "active_out": info["active_out"],
-                "active_neurons": info["active_neurons"],
-                "overlap": info["overlap"],
-                "frozen": info["frozen"],
-            }
-            for name, info in report["layers"].items()
-        },
-    )
-    if updates:
-        record["overlap"] = {n: v["overlap"] for n, v in updates[-1]["layers"].items()}
-    return record
-
-
-def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Check what ``out`` holds before anything is written; raise instead of clobbering a run."""
-    out = Path(out)
-    has_run = out.exists() and any((out / f).exists() for f in RUN_FILES)
-    if resume:
-        if not (out / "checkpoint.pt").exists():
-            raise BrainsparseError(f"cannot resume: no checkpoint.pt in run folder '{out}'")
-    elif has_run and not overwrite:
-        raise BrainsparseError(
-            f"run folder '{out}' already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if out.exists() and not out.is_dir():
-        raise BrainsparseError(f"--out '{out}' exists and is not a folder")
-
-
 def train_classifier(
     config: TrainConfig,
     out: str | Path,
@@ -240,11 +204,11 @@ def train_classifier(
     """
     out = Path(out)
     if resume:
-        prepare_run_folder(out, resume=True, overwrite=False)
+        prepare_run_folder(out, RUN_FILES, resume=True, overwrite=False)
         config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     config.validate()
     if not resume:
-        prepare_run_folder(out, resume=False, overwrite=overwrite)
+        prepare_run_folder(out, RUN_FILES, resume=False, overwrite=overwrite)
 
     # Everything that can fail on bad input happens before the run folder is touched.
     train_x, train_y, test_x, test_y, n_classes = _load_data(config)
@@ -261,10 +225,7 @@ def train_classifier(
         start_epoch = state["epoch"]
         wall_before = state["wall_time_s"]
     else:
-        if overwrite and out.exists():
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
+        clear_run_folder(out, RUN_FILES)
         write_json(out / "config.json", dataclasses.asdict(config))
 
     title = f"{config.method} on {config.dataset}, density {config.density:g}, seed {config.seed}"
@@ -299,8 +260,8 @@ def train_classifier(
         lr = run.optimizer.param_groups[0]["lr"]
         test_loss, test_acc = evaluate(run.model, test_x, test_y, config.eval_batch_size)
         epoch_time = time.perf_counter() - t0
-        record = _epoch_record(
-            epoch + 1, run.engine, updates_before,
+        record = topology_record(
+            run.engine, updates_before, epoch=epoch + 1,
             train_loss=loss_sum / seen, train_accuracy=correct / seen,
             test_loss=test_loss, test_accuracy=test_acc, lr=lr, epoch_time_s=epoch_time,
         )
