@@ -1,0 +1,143 @@
+"""The step-based training loop of the sequence tasks (translation, language modelling).
+
+A task builds its model, optimizer, engine and data, then hands them to :func:`run_steps`,
+which trains for ``steps`` optimizer steps, evaluates and checkpoints every ``eval_every``
+steps (atomically: model, optimizer, engine, random state, history), and resumes from such a
+checkpoint so that the resumed run equals the uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..engine import DynamicSparseEngine
+from ..errors import BrainsparseError
+from .checkpoint import save_checkpoint, write_jsonl
+from .common import topology_record
+
+
+@dataclass
+class StepRun:
+    """The live objects of a step-based run and the task's callbacks.
+
+    ``batch_at(i)`` returns the batch of 0-based step ``i`` (a pure function of the seed and
+    ``i``, so a resumed run sees the same batches); ``loss_of(batch)`` returns the mean loss to
+    back-propagate and the number of items (tokens) it averages over; ``lr_at(step,
+    last_update)`` the learning rate of 1-based ``step`` given the step of the last topology
+    update (None before the first); ``evaluate()`` the validation metrics as a dict.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    engine: DynamicSparseEngine
+    batch_at: Callable[[int], Any]
+    loss_of: Callable[[Any], tuple[Tensor, int]]
+    lr_at: Callable[[int, int | None], float]
+    evaluate: Callable[[], dict[str, float]]
+    grad_clip: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "engine": self.engine.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state["engine"])  # first: sizes the sparse layers' link values
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def last_update_step(engine: DynamicSparseEngine) -> int | None:
+    """Optimizer step of the engine's most recent topology update (None before the first)."""
+    return int(engine.history[-1]["step"]) if engine.history else None
+
+
+def run_steps(
+    run: StepRun,
+    *,
+    steps: int,
+    eval_every: int,
+    out: Path,
+    config: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    progress: bool = True,
+    stop_after_evals: int | None = None,
+    describe: Callable[[dict[str, Any]], str] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Train ``run`` up to ``steps`` optimizer steps; returns (history, wall time in seconds).
+
+    Every ``eval_every`` steps and at the last step, one metrics row (train loss, learning
+    rate, ``run.evaluate()``, the network's topology) is appended to ``out/metrics.jsonl`` and
+    ``out/checkpoint.pt`` is rewritten. ``state`` is a loaded checkpoint to resume from.
+    ``stop_after_evals`` stops after that many evaluations of this call (an interrupted run).
+    """
+    if steps < 1 or eval_every < 1:
+        raise BrainsparseError(f"steps {steps!r} and eval_every {eval_every!r} must be positive integers")
+    history: list[dict[str, Any]] = []
+    step, wall = 0, 0.0
+    if state is not None:
+        run.load_state_dict(state)
+        history, step, wall = list(state["history"]), int(state["step"]), float(state["wall_time_s"])
+        torch.set_rng_state(state["rng_state"])
+    loss_sum, items, evals = 0.0, 0, 0
+    updates_before = len(run.engine.history)
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=step, desc="steps", disable=not progress, dynamic_ncols=True, leave=False)
+    run.model.train()
+    while step < steps:
+        if stop_after_evals is not None and evals >= stop_after_evals:
+            break
+        batch = run.batch_at(step)
+        step += 1
+        lr = run.lr_at(step, last_update_step(run.engine))
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.optimizer.zero_grad(set_to_none=True)
+        loss, n = run.loss_of(batch)
+        if not math.isfinite(float(loss)):
+            raise BrainsparseError(f"the training loss became {float(loss)} at step {step}; lower --lr")
+        loss.backward()
+        if run.grad_clip:
+            nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
+        run.optimizer.step()
+        run.engine.step()
+        loss_sum += float(loss) * n
+        items += n
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / max(items, 1):.3f}", lr=f"{lr:.2e}")
+        if step % eval_every == 0 or step == steps:
+            elapsed = time.perf_counter() - t0
+            metrics = run.evaluate()
+            run.model.train()
+            record = topology_record(
+                run.engine, updates_before, step=step, train_loss=loss_sum / max(items, 1), lr=lr,
+                **metrics, time_s=elapsed,
+            )
+            history.append(record)
+            wall += time.perf_counter() - t0
+            save_checkpoint(
+                out / "checkpoint.pt",
+                {**run.state_dict(), "step": step, "history": history, "wall_time_s": wall,
+                 "rng_state": torch.get_rng_state(), "config": config},
+            )
+            write_jsonl(out / "metrics.jsonl", history)
+            if progress:
+                tqdm.write(describe(record) if describe else f"step {step}/{steps}: " + ", ".join(
+                    f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
+            loss_sum, items, evals = 0.0, 0, evals + 1
+            updates_before = len(run.engine.history)
+            t0 = time.perf_counter()
+    bar.close()
+    return history, wall
