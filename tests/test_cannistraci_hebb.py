@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brainsparse.errors import BrainsparseError
+from brainsparse.kernels import _cpu_ext, backend, use_backend
 from brainsparse.scoring.cannistraci_hebb import (
     VARIANTS,
     ch_l3,
@@ -175,7 +176,7 @@ def masks(draw, max_side: int = 12) -> torch.Tensor:
 @given(mask=masks(), variant=st.sampled_from(VARIANTS))
 def test_exact_matches_reference(mask: torch.Tensor, variant: str) -> None:
     ref = ch_l3_reference(mask, variant)
-    for method in ("sparse", "enumerate"):
+    for method in ("auto", "sparse", "enumerate"):
         got = ch_l3_exact(mask, variant, method=method)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     assert torch.equal(ch_l3(mask, variant, exact=True), ch_l3_exact(mask, variant))
@@ -205,8 +206,10 @@ def test_sparse_and_enumerate_agree_on_larger_graph() -> None:
 @given(mask=masks(), variant=st.sampled_from(VARIANTS))
 def test_matrix_matches_node_reference(mask: torch.Tensor, variant: str) -> None:
     ref = ch_l3_node_reference(mask, variant)
-    for use_sparse in (False, True):  # dense matmuls, and sparse CSR × dense
-        got = ch_l3_matrix(mask, variant, use_sparse=use_sparse)
+    # dense matmuls, the sparse route (compiled when available), sparse CSR × dense (torch)
+    for use_sparse, impl in ((False, "auto"), (True, "auto"), (True, "torch")):
+        with use_backend(impl):
+            got = ch_l3_matrix(mask, variant, use_sparse=use_sparse)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(ch_l3(mask, variant, exact=False), ch_l3_matrix(mask, variant))
 
@@ -368,3 +371,102 @@ def test_one_row_per_chunk_many_chunks_match_reference() -> None:
         torch.testing.assert_close(
             ch_l3_exact(mask, variant, method="enumerate", chunk_size=1), ch_l3_reference(mask, variant)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# 6. compiled (C++) scorers == PyTorch forms; both backends
+# --------------------------------------------------------------------------------------------
+def _cpp_available() -> bool:
+    with use_backend("auto"):
+        return backend() == "cpp"
+
+
+needs_cpp = pytest.mark.skipif(not _cpp_available(), reason="C++ kernels unavailable here")
+SCORER_BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp)]
+
+
+@st.composite
+def holey_masks(draw, max_side: int = 16) -> torch.Tensor:
+    """Random rectangular masks with some rows and columns emptied (isolated neurons)."""
+    mask = draw(masks(max_side=max_side)).clone()
+    n_out, n_in = mask.shape
+    rows = draw(st.lists(st.integers(0, n_out - 1), max_size=n_out))
+    cols = draw(st.lists(st.integers(0, n_in - 1), max_size=n_in))
+    mask[rows, :] = False
+    mask[:, cols] = False
+    return mask
+
+
+@needs_cpp
+@settings(max_examples=80, deadline=None)
+@given(mask=holey_masks(), variant=st.sampled_from(VARIANTS))
+def test_compiled_matrix_equals_dense_matrix_form(mask: torch.Tensor, variant: str) -> None:
+    dense = ch_l3_matrix(mask, variant, use_sparse=False)
+    with use_backend("cpp"):
+        fused = ch_l3_matrix(mask, variant, use_sparse=True)
+    torch.testing.assert_close(fused, dense, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused != 0, dense != 0)
+
+
+@needs_cpp
+@settings(max_examples=60, deadline=None)
+@given(mask=holey_masks(max_side=12), variant=st.sampled_from(VARIANTS))
+def test_compiled_exact_equals_reference(mask: torch.Tensor, variant: str) -> None:
+    with use_backend("cpp"):
+        got = ch_l3_exact(mask, variant, method="compiled")
+        assert torch.equal(ch_l3_exact(mask, variant), got)  # "auto" picks it
+    torch.testing.assert_close(got, ch_l3_reference(mask, variant), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, ch_l3_exact(mask, variant, method="sparse"), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", SCORER_BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_backends_agree_on_larger_layer(impl: str, variant: str) -> None:
+    mask = _random_mask(210, 140, 0.05, seed=7)
+    mask[3] = False  # an isolated output and input
+    mask[:, 5] = False
+    exact = ch_l3_exact(mask, variant, method="sparse")
+    dense = ch_l3_matrix(mask, variant, use_sparse=False)
+    with use_backend(impl) as active:
+        assert active == impl
+        torch.testing.assert_close(ch_l3_exact(mask, variant), exact, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ch_l3_matrix(mask, variant, use_sparse=True), dense, rtol=1e-5, atol=1e-5)
+        assert torch.equal(ch_l3(mask, variant), ch_l3_exact(mask, variant))
+    assert (exact > 0).sum() > 1000
+
+
+def test_compiled_method_unavailable_on_torch_backend() -> None:
+    with use_backend("torch"):
+        with pytest.raises(BrainsparseError, match="compiled"):
+            ch_l3_exact(G43, method="compiled")
+        # "auto" falls back to the PyTorch sparse form
+        assert torch.equal(ch_l3_exact(G43, "CH2"), ch_l3_exact(G43, "CH2", method="sparse"))
+
+
+@needs_cpp
+def test_compiled_scores_independent_of_thread_count() -> None:
+    mask = _random_mask(300, 260, 0.04, seed=2)
+    kernels = _cpu_ext.load()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        kernels.set_parallel_min(0)  # the parallel code path even for this small layer
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with use_backend("cpp"):
+                results.append((ch_l3_exact(mask, "CH3"), ch_l3_matrix(mask, "CH2", use_sparse=True)))
+    finally:
+        kernels.set_parallel_min(_cpu_ext.PARALLEL_MIN)
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("impl", SCORER_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (4, 0), (1, 1), (1, 7), (7, 1)])
+def test_backends_on_empty_and_thin_masks(impl: str, shape) -> None:
+    with use_backend(impl):
+        for mask in (torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)):
+            for got in (ch_l3_exact(mask, "CH3"), ch_l3_matrix(mask, "CH3.1", use_sparse=True)):
+                assert got.shape == shape and got.dtype == torch.float32
+                assert not got.any()

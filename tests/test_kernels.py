@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from brainsparse.errors import BrainsparseError
+from brainsparse.scoring import ch_l3_exact, ch_l3_matrix
 from brainsparse.kernels import (
     LinkStructure,
     SparseLinear,
@@ -306,6 +307,10 @@ def test_failed_build_falls_back_silently(monkeypatch, tmp_path):
             assert backend() == "torch"
             assert "compiler" in _cpu_ext.error()
             _check_against_dense(_random_mask(6, 5, 0.5), (3,), torch.float64, True, seed=1)
+            # the Cannistraci–Hebb scorers fall back to their PyTorch forms
+            mask = _random_mask(9, 7, 0.3)
+            torch.testing.assert_close(ch_l3_matrix(mask, use_sparse=True), ch_l3_matrix(mask, use_sparse=False))
+            assert torch.equal(ch_l3_exact(mask), ch_l3_exact(mask, method="sparse"))
         monkeypatch.undo()
         monkeypatch.setenv("BRAINSPARSE_KERNEL_CACHE", str(tmp_path))
         _cpu_ext._state.clear()

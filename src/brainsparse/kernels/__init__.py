@@ -6,7 +6,9 @@
   bias; never forms a dense weight or weight gradient.
 * :class:`SparseLinear` — the module (``SparseLinear.from_linear(linear, mask)``).
 * :func:`backend` — the active CPU implementation, ``"cpp"`` (a small C++ kernel compiled on
-  first use and cached) or ``"torch"`` (PyTorch sparse CSR; also the GPU path).
+  first use and cached) or ``"torch"`` (PyTorch sparse CSR; also the GPU path);
+  :func:`cpu_kernels` — the compiled kernels themselves (they also hold the C++
+  Cannistraci–Hebb scorers used by :mod:`brainsparse.scoring`), ``None`` on the torch backend.
 * :func:`choose_kernel` — sparse or dense for a layer size, density and batch size.
 """
 
@@ -15,6 +17,7 @@ from .sparse_linear import (
     SparseLinear,
     backend,
     choose_kernel,
+    cpu_kernels,
     crossover_density,
     set_backend,
     sparse_linear,
@@ -28,6 +31,7 @@ __all__ = [
     "SparseLinear",
     "backend",
     "choose_kernel",
+    "cpu_kernels",
     "crossover_density",
     "remap",
     "set_backend",

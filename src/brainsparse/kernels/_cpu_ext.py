@@ -1,5 +1,10 @@
 """A small C++ kernel for the CPU sparse linear layer, compiled just in time and loaded with ctypes.
 
+The same shared object holds the Cannistraci–Hebb L3 scorers (``bs_ch_l3``: the exact path
+form and the fused matrix form, see :meth:`CpuKernels.ch_l3` and
+:mod:`brainsparse.scoring.cannistraci_hebb`), which work one output row at a time from the
+mask's neighbour lists.
+
 Why this shape
 --------------
 At the sizes of the papers' MLP (1568×1568 at 1 % density, batch 32) one sparse product is only
@@ -52,7 +57,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE_VERSION = 3
+SOURCE_VERSION = 4
 #: Passes with less work than this (multiply-adds: links x samples, twice that for a backward
 #: pass, plus the transposed elements) run on one thread; override with
 #: $BRAINSPARSE_KERNEL_PARALLEL_MIN. The papers' MLP at batch 32 and 1 % density stays below it
@@ -64,6 +69,7 @@ PARALLEL_MIN = 1 << 21
 SOURCE = r"""
 // brainsparse CPU sparse linear kernels: plain C++ with GCC/Clang vector extensions, OpenMP optional.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -344,6 +350,231 @@ void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xT, const i64* c
   }
 }
 
+
+// ------------------------------------------------ Cannistraci–Hebb L3 link prediction (scoring)
+// A layer's bool mask (out, in) is a bipartite graph: outputs u, z2 are rows, inputs v, z1 are
+// columns. An L3 path of the candidate (u, v) is u – z1 – z2 – v. Both scorers work one output
+// row u at a time (one thread per row, fixed summation order: results do not depend on the
+// thread count) and never form an (out, out) or (in, in) matrix.
+typedef int32_t i32;
+
+struct Graph {  // CSR (crow, cols: columns ascending) and CSC (ccol, rows_t: rows ascending)
+  i64 n_out = 0, n_in = 0;
+  std::vector<i64> crow, ccol;
+  std::vector<i32> cols, rows_t;
+  i64 deg_o(i64 r) const { return crow[r + 1] - crow[r]; }
+  i64 deg_i(i64 c) const { return ccol[c + 1] - ccol[c]; }
+};
+
+// Build the graph from a row-major uint8 mask: one pass for the CSR (skipping all-zero 8-byte
+// words), then the CSC by a counting sort of the links.
+Graph graph_from_mask(const uint8_t* m, i64 n_out, i64 n_in) {
+  Graph g;
+  g.n_out = n_out;
+  g.n_in = n_in;
+  g.crow.assign(size_t(n_out) + 1, 0);
+  g.ccol.assign(size_t(n_in) + 1, 0);
+  g.cols.reserve(size_t(std::max<i64>(16, n_out * n_in / 64)));
+  for (i64 r = 0; r < n_out; ++r) {
+    const uint8_t* row = m + r * n_in;
+    i64 j = 0;
+    for (; j + 8 <= n_in; j += 8) {
+      uint64_t word;
+      std::memcpy(&word, row + j, 8);
+      if (!word) continue;
+      for (i64 t = j; t < j + 8; ++t)
+        if (row[t]) g.cols.push_back(i32(t));
+    }
+    for (; j < n_in; ++j)
+      if (row[j]) g.cols.push_back(i32(j));
+    g.crow[r + 1] = i64(g.cols.size());
+  }
+  const i64 K = g.crow[n_out];
+  for (i64 k = 0; k < K; ++k) ++g.ccol[g.cols[k] + 1];
+  for (i64 j = 0; j < n_in; ++j) g.ccol[j + 1] += g.ccol[j];
+  g.rows_t.resize(size_t(K));
+  std::vector<i64> fill(g.ccol.begin(), g.ccol.end() - 1);
+  for (i64 r = 0; r < n_out; ++r)
+    for (i64 k = g.crow[r]; k < g.crow[r + 1]; ++k) g.rows_t[fill[g.cols[k]]++] = i32(r);
+  return g;
+}
+
+// Two-hop counts from node x: cnt[z] = number of walks x – y – z (y over ptr_a/idx_a, z over
+// ptr_b/idx_b); every z seen for the first time is appended to `touched`.
+inline void count_two_hop(i64 x, const i64* ptr_a, const i32* idx_a, const i64* ptr_b, const i32* idx_b,
+                          i32* cnt, std::vector<i32>& touched) {
+  for (i64 a = ptr_a[x]; a < ptr_a[x + 1]; ++a) {
+    const i32 y = idx_a[a];
+    for (i64 b = ptr_b[y]; b < ptr_b[y + 1]; ++b) {
+      const i32 z = idx_b[b];
+      if (cnt[z]++ == 0) touched.push_back(z);
+    }
+  }
+}
+
+// Output row u: out[u, :] = s (as float), zero at u's existing links; clears s.
+inline void finish_row(const Graph& g, i64 u, double* s, float* out) {
+  float* o = out + u * g.n_in;
+  for (i64 v = 0; v < g.n_in; ++v) {
+    o[v] = float(s[v]);
+    s[v] = 0.0;
+  }
+  for (i64 k = g.crow[u]; k < g.crow[u + 1]; ++k) o[g.cols[k]] = 0.0f;
+}
+
+// Offsets of the per-link last-hop tables: link e = (z2, z1) in CSC order owns deg(z2) slots.
+std::vector<i64> last_hop_offsets(const Graph& g) {
+  const i64 K = g.crow[g.n_out];
+  std::vector<i64> off(K + 1, 0);
+  for (i64 e = 0; e < K; ++e) off[e + 1] = off[e] + g.deg_o(g.rows_t[e]);
+  return off;
+}
+
+// Number of L3 walks u – z1 – z2 – v: sum over links of deg(z1) * deg(z2).
+i64 l3_work(const Graph& g) {
+  i64 w = 0;
+  for (i64 c = 0; c < g.n_in; ++c)
+    for (i64 e = g.ccol[c]; e < g.ccol[c + 1]; ++e) w += g.deg_i(c) * g.deg_o(g.rows_t[e]);
+  return w;
+}
+
+// Path factor of one path node with internal degree di and degree deg, de = deg − di − 1:
+// [CH3-L3] 1/sqrt(1+de); [CH2-L3] sqrt((1+di)/(1+de)); [CH3.1-L3] 1/sqrt(1/(1+di) + de).
+// 0 where di = 0 or de < 0 (only on paths that end at an existing link).
+template <int VAR> inline double path_factor(double di, double deg) {
+  const double de = deg - di - 1.0;
+  if (!(di > 0.0) || de < 0.0) return 0.0;
+  if (VAR == 0) return 1.0 / std::sqrt(1.0 + de);
+  if (VAR == 1) return std::sqrt((1.0 + di) / (1.0 + de));
+  return 1.0 / std::sqrt(1.0 / (1.0 + di) + de);
+}
+
+// Node weight of the matrix form for a pair with c common neighbours (c >= 1) and degree deg:
+// E = max(deg − c − 1, 0); CH3 1/(E+1); CH2 (c+1)/(E+1); CH3.1 (c+1)/(E+1)^(1 + E/(E+1)).
+template <int VAR> inline float node_weight(float c, float deg) {
+  float e = deg - c - 1.0f;
+  e = e > 0.0f ? e : 0.0f;
+  if (VAR == 0) return 1.0f / (e + 1.0f);
+  if (VAR == 1) return (c + 1.0f) / (e + 1.0f);
+  return (c + 1.0f) / std::pow(e + 1.0f, 1.0f + e / (e + 1.0f));
+}
+
+// Exact path form: score(u, v) = sum over paths u – z1 – z2 – v of f(di_z1, deg z1) * f(di_z2, deg z2)
+// with di(z1) = |N(z1) ∩ N(v)| and di(z2) = |N(z2) ∩ N(u)|.
+template <int VAR> void ch_exact(const Graph& g, float* out) {
+  const i64 n_out = g.n_out, n_in = g.n_in;
+  const std::vector<i64> off = last_hop_offsets(g);
+  // q[off[e] + k] = f(di(z1), deg z1) for link e = (z2, z1) and the k-th input v of z2
+  std::vector<double> q(size_t(off.back()));
+#pragma omp parallel if (go_parallel(l3_work(g)))
+  {
+    std::vector<i32> cnt(size_t(std::max<i64>(n_out, n_in)), 0), touched;
+    std::vector<double> f(size_t(n_out), 0.0), s(size_t(n_in), 0.0);
+#pragma omp for schedule(dynamic, 16)
+    for (i64 z1 = 0; z1 < n_in; ++z1) {
+      count_two_hop(z1, g.ccol.data(), g.rows_t.data(), g.crow.data(), g.cols.data(), cnt.data(), touched);
+      const double dz1 = double(g.deg_i(z1));
+      for (i64 e = g.ccol[z1]; e < g.ccol[z1 + 1]; ++e) {
+        const i32 z2 = g.rows_t[e];
+        double* qe = q.data() + off[e];
+        for (i64 k = g.crow[z2]; k < g.crow[z2 + 1]; ++k) *qe++ = path_factor<VAR>(cnt[g.cols[k]], dz1);
+      }
+      for (i32 v : touched) cnt[v] = 0;
+      touched.clear();
+    }  // implicit barrier: q is complete
+#pragma omp for schedule(dynamic, 16)
+    for (i64 u = 0; u < n_out; ++u) {
+      count_two_hop(u, g.crow.data(), g.cols.data(), g.ccol.data(), g.rows_t.data(), cnt.data(), touched);
+      for (i32 z2 : touched) f[z2] = path_factor<VAR>(cnt[z2], double(g.deg_o(z2)));
+      for (i64 a = g.crow[u]; a < g.crow[u + 1]; ++a) {
+        const i32 z1 = g.cols[a];
+        for (i64 e = g.ccol[z1]; e < g.ccol[z1 + 1]; ++e) {
+          const i32 z2 = g.rows_t[e];
+          const double w = f[z2];
+          if (w == 0.0) continue;
+          const double* __restrict qe = q.data() + off[e];
+          const i32* __restrict vs = g.cols.data() + g.crow[z2];
+          const i64 n = g.deg_o(z2);
+          for (i64 k = 0; k < n; ++k) s[vs[k]] += w * qe[k];
+        }
+      }
+      finish_row(g, u, s.data(), out);
+      for (i32 z2 : touched) cnt[z2] = 0, f[z2] = 0.0;
+      touched.clear();
+    }
+  }
+}
+
+// Matrix form, fused, one output row u at a time; C = A·Aᵀ and C' = Aᵀ·A are never formed.
+// S_out[u, :] = sum over z2 with C[u, z2] > 0 of Wt[u, z2]·A[z2, :], where C[u, z2] counts the
+// walks u – z1 – z2. Most pairs share one input, so it is split as
+//   sum over z1 in N(u), z2 in N(z1) of h(z2)·A[z2, :]      with h(z2) = Wt at C = 1
+//   + sum over z2 with C[u, z2] >= 2 of (Wt[u, z2] − C[u, z2]·h(z2))·A[z2, :].
+// S_inᵀ[u, v] = sum over z1 in N(u) of Wt'[v, z1]. Both sums over z1 in N(u) use one list per
+// input z1, built once: entries (v, Wt'[v, z1] + sum over z2 in N(z1) ∩ N(v) of h(z2)).
+template <int VAR> void ch_matrix(const Graph& g, float* out) {
+  const i64 n_out = g.n_out, n_in = g.n_in;
+  const std::vector<i64> off = last_hop_offsets(g);
+  // the list of z1 has at most min(walks z1 – z2 – v, in) entries
+  std::vector<i64> base(size_t(n_in) + 1, 0), len(size_t(n_in), 0);
+  for (i64 c = 0; c < n_in; ++c) base[c + 1] = base[c] + std::min(off[g.ccol[c + 1]] - off[g.ccol[c]], n_in);
+  std::unique_ptr<i32[]> lv(new i32[size_t(std::max<i64>(base.back(), 1))]);  // first touched in parallel
+  std::unique_ptr<float[]> lw(new float[size_t(std::max<i64>(base.back(), 1))]);
+  std::vector<float> h(static_cast<size_t>(n_out));
+  for (i64 z2 = 0; z2 < n_out; ++z2) h[z2] = node_weight<VAR>(1.0f, float(g.deg_o(z2)));
+#pragma omp parallel if (go_parallel(2 * l3_work(g)))
+  {
+    std::vector<i32> cnt(size_t(std::max<i64>(n_out, n_in)), 0), touched;
+    std::vector<double> s(size_t(n_in), 0.0);
+#pragma omp for schedule(dynamic, 16)
+    for (i64 z1 = 0; z1 < n_in; ++z1) {
+      for (i64 e = g.ccol[z1]; e < g.ccol[z1 + 1]; ++e) {
+        const i32 z2 = g.rows_t[e];
+        const double hz = h[z2];
+        for (i64 k = g.crow[z2]; k < g.crow[z2 + 1]; ++k) {
+          const i32 v = g.cols[k];
+          if (cnt[v]++ == 0) touched.push_back(v);
+          s[v] += hz;
+        }
+      }
+      const float dz1 = float(g.deg_i(z1));
+      i64 b = base[z1];
+      for (i32 v : touched) {
+        lv[b] = v;
+        lw[b++] = float(node_weight<VAR>(float(cnt[v]), dz1) + s[v]);
+        cnt[v] = 0;
+        s[v] = 0.0;
+      }
+      len[z1] = i64(touched.size());
+      touched.clear();
+    }  // implicit barrier: the lists are complete
+#pragma omp for schedule(dynamic, 16)
+    for (i64 u = 0; u < n_out; ++u) {
+      count_two_hop(u, g.crow.data(), g.cols.data(), g.ccol.data(), g.rows_t.data(), cnt.data(), touched);
+      for (i32 z2 : touched) {
+        const i32 c = cnt[z2];
+        cnt[z2] = 0;
+        if (c < 2) continue;
+        const double w = double(node_weight<VAR>(float(c), float(g.deg_o(z2)))) - double(c) * h[z2];
+        for (i64 k = g.crow[z2]; k < g.crow[z2 + 1]; ++k) s[g.cols[k]] += w;
+      }
+      touched.clear();
+      for (i64 a = g.crow[u]; a < g.crow[u + 1]; ++a) {
+        const i32 z1 = g.cols[a];
+        const i32* __restrict vs = lv.get() + base[z1];
+        const float* __restrict w = lw.get() + base[z1];
+        for (i64 k = 0; k < len[z1]; ++k) s[vs[k]] += w[k];
+      }
+      finish_row(g, u, s.data(), out);
+    }
+  }
+}
+
+template <int VAR> void ch_dispatch(const Graph& g, int matrix, float* out) {
+  if (matrix) ch_matrix<VAR>(g, out);
+  else ch_exact<VAR>(g, out);
+}
+
 }  // namespace
 
 extern "C" {
@@ -374,6 +605,20 @@ void bs_backward_f64(i64 N, i64 n_in, i64 n_out, const double* gy, const double*
                      const double* vals, double* gx, double* gv, double* gb) {
   backward<double>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv, gb);
 }
+// CH L3 scores of every pair of an (n_out, n_in) uint8 mask into out (float32, row-major):
+// variant 0 CH3, 1 CH2, 2 CH3.1; matrix 0 exact path form, 1 matrix form. Returns 0 on success.
+int bs_ch_l3(i64 n_out, i64 n_in, const uint8_t* mask, int variant, int matrix, float* out) {
+  if (variant < 0 || variant > 2) return 1;
+  try {
+    const Graph g = graph_from_mask(mask, n_out, n_in);
+    if (variant == 0) ch_dispatch<0>(g, matrix, out);
+    else if (variant == 1) ch_dispatch<1>(g, matrix, out);
+    else ch_dispatch<2>(g, matrix, out);
+  } catch (...) {  // out of memory: report instead of terminating the process
+    return 2;
+  }
+  return 0;
+}
 }
 """.replace("SOURCE_VERSION_VALUE", str(SOURCE_VERSION)).replace("PARALLEL_MIN_VALUE", str(PARALLEL_MIN))
 
@@ -381,6 +626,9 @@ _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _FWD_ARGS = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
 _BWD_ARGS = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+
+#: Codes of the CH variants in the C++ scorer (``bs_ch_l3``).
+CH_VARIANT_CODES = {"CH3": 0, "CH2": 1, "CH3.1": 2}
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "lib" -> CpuKernels | None once tried, "error" -> str
@@ -401,6 +649,7 @@ class CpuKernels:
             bwd.argtypes, bwd.restype = _BWD_ARGS, None
             self.forward[dtype] = fwd
             self.backward[dtype] = bwd
+        lib.bs_ch_l3.argtypes, lib.bs_ch_l3.restype = [_I64, _I64, _PTR, ctypes.c_int, ctypes.c_int, _PTR], ctypes.c_int
         lib.bs_max_threads.restype = ctypes.c_int
         lib.bs_set_parallel_min.argtypes, lib.bs_set_parallel_min.restype = [_I64], None
         self.openmp = lib.bs_max_threads() > 0
@@ -410,6 +659,26 @@ class CpuKernels:
                 self.set_parallel_min(int(env))
             except ValueError:
                 log.debug("ignoring BRAINSPARSE_KERNEL_PARALLEL_MIN=%r (not an integer)", env)
+
+    def ch_l3(self, mask: torch.Tensor, variant: str, matrix: bool) -> torch.Tensor:
+        """Cannistraci–Hebb L3 scores of a CPU bool mask ``(out, in)``: the exact path form
+        (``matrix=False``) or the fused matrix form; float32, zero at existing links.
+
+        ``variant`` is a canonical name of :data:`CH_VARIANT_CODES`. The mask is read as bytes,
+        the graph is built and scored in C++ (see ``ch_exact`` / ``ch_matrix`` in the source).
+        """
+        m = mask.contiguous()
+        if m.dtype != torch.bool or m.dim() != 2 or m.device.type != "cpu":
+            raise ValueError("ch_l3 needs a 2-D bool CPU tensor")
+        n_out, n_in = m.shape
+        out = torch.empty(n_out, n_in, dtype=torch.float32)
+        if out.numel() == 0:
+            return out
+        status = self.lib.bs_ch_l3(n_out, n_in, m.data_ptr(), CH_VARIANT_CODES[variant], int(bool(matrix)),
+                                   out.data_ptr())
+        if status != 0:
+            raise MemoryError(f"the C++ CH scorer failed (status {status}) on a {n_out}x{n_in} mask")
+        return out
 
     def set_parallel_min(self, work: int) -> None:
         """Run a pass multi-threaded only from this many multiply-adds (links × samples) on."""
@@ -521,6 +790,22 @@ def _self_test_checks(kernels: CpuKernels) -> bool:
         for name, (got, expected) in zip(("y", "grad_x", "grad_values", "grad_bias"), checks):
             if not torch.allclose(got, expected, rtol=tol, atol=tol):
                 log.debug("brainsparse kernel self-test: %s %s differs by %s", dtype, name,
+                          (got - expected).abs().max().item())
+                return False
+    return _self_test_ch(kernels, gen)
+
+
+def _self_test_ch(kernels: CpuKernels, gen: torch.Generator) -> bool:
+    """The compiled CH scorers against the PyTorch ones on a small random layer."""
+    from ..scoring.cannistraci_hebb import ch_l3_exact, ch_l3_matrix
+
+    mask = torch.rand(23, 17, generator=gen) < 0.3
+    for variant in CH_VARIANT_CODES:
+        for matrix, expected in ((False, ch_l3_exact(mask, variant, method="sparse")),
+                                 (True, ch_l3_matrix(mask, variant, use_sparse=False))):
+            got = kernels.ch_l3(mask, variant, matrix)
+            if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5):
+                log.debug("brainsparse kernel self-test: CH %s (matrix=%s) differs by %s", variant, matrix,
                           (got - expected).abs().max().item())
                 return False
     return True

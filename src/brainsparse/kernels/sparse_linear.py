@@ -66,6 +66,12 @@ def _cpu_kernels() -> _cpu_ext.CpuKernels | None:
     return _kernels
 
 
+def cpu_kernels() -> _cpu_ext.CpuKernels | None:
+    """The compiled CPU kernels when the active backend is ``"cpp"``, else ``None`` (also used by
+    the Cannistraci–Hebb scorers, so :func:`use_backend` switches them too)."""
+    return _cpu_kernels()
+
+
 def backend() -> str:
     """The active CPU implementation: ``"cpp"`` (compiled kernel) or ``"torch"``."""
     return "cpp" if _cpu_kernels() is not None else "torch"

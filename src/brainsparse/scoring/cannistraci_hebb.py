@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .._validation import check_choice, check_positive_int
 from ..errors import BrainsparseError
+from ..kernels import cpu_kernels
 
 __all__ = [
     "VARIANTS",
@@ -59,7 +60,7 @@ DEFAULT_CHUNK_SIZE = 1 << 24
 # Cap on rows × (out + in) dense cells per chunk (per-chunk counts and output block).
 _MAX_CELLS_PER_CHUNK = 1 << 24
 
-_EXACT_METHODS = ("sparse", "enumerate")
+_EXACT_METHODS = ("auto", "compiled", "sparse", "enumerate")
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +91,11 @@ def _as_mask(mask) -> Tensor:
 def _canonical_variant(variant) -> str:
     key = check_choice(variant, VARIANTS, "variant")
     return {v.lower(): v for v in VARIANTS}[key]
+
+
+def _compiled_scorer(m: Tensor):
+    """The C++ kernels for a CPU mask when the active kernel backend is ``"cpp"``, else ``None``."""
+    return cpu_kernels() if m.device.type == "cpu" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +133,15 @@ def _node_weight_matrix(c: Tensor, deg: Tensor, variant: str) -> Tensor:
         return (c + b) / (e + 1.0)
     # CH3.1 (REPO-B node weight): (C + B) / (1 + E)^(1 + E/(1 + E))
     return (c + b) / torch.pow(e + 1.0, 1.0 + e / (e + 1.0))
+
+
+def _kernel_problem(m: Tensor) -> str:
+    """Why the compiled scorer is not used for ``m``."""
+    if m.device.type != "cpu":
+        return f"mask on {m.device}"
+    from ..kernels import _cpu_ext, backend
+
+    return _cpu_ext.error() or f"kernel backend {backend()!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +285,7 @@ def ch_l3_exact(
     variant: str = "CH3",
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    method: str = "sparse",
+    method: str = "auto",
 ) -> Tensor:
     """Exact path-based CH score on L3 paths, vectorised: [CH3-L3], [CH2-L3] or [CH3.1-L3].
 
@@ -282,7 +297,15 @@ def ch_l3_exact(
     * [CH2-L3]   ``Σ sqrt((1+di_z1)(1+di_z2)) / sqrt((1+de_z1)(1+de_z2))``
     * [CH3.1-L3] ``Σ 1/sqrt((1/(1+di_z1)+de_z1)(1/(1+di_z2)+de_z2))``
 
-    Algorithm: CSR/CSC neighbour lists of the mask; for each chunk of seed rows ``u`` the
+    ``method="compiled"`` (what ``"auto"`` picks on CPU when the C++ kernels are available, see
+    :func:`brainsparse.kernels.backend`): one pass per output row ``u`` in C++ (OpenMP over
+    rows): ``di(z2) = CN_O[u, z2]`` counted into a scratch row from the neighbour lists, then every
+    path ``u – z1 – z2 – v`` adds ``f_O(u, z2) · f_I(v, z1)`` in float64, the ``f_I`` values read
+    from a per-link table built once (one entry per link ``z1 – z2`` and ``v ∈ N(z2)``). Same
+    sums in the same order as ``"sparse"``; nothing of size ``out × out`` or ``in × in``.
+
+    Algorithm of the PyTorch methods (``"auto"`` without the compiled kernels: ``"sparse"``):
+    CSR/CSC neighbour lists of the mask; for each chunk of seed rows ``u`` the
     triples ``(u, z1, z2)`` are enumerated as index tensors (``repeat_interleave`` + gathers);
     ``di(z2) = CN_O[u, z2]`` is the number of triples sharing ``(u, z2)`` and gives ``f_O``. The
     last hop ``z2 → v`` uses a table ``Q`` with one entry per (link ``z1–z2``, ``v ∈ N(z2)``)
@@ -303,8 +326,10 @@ def ch_l3_exact(
         variant: ``"CH2"``, ``"CH3"`` or ``"CH3.1"`` (case-insensitive).
         chunk_size: cap on the index entries materialised at once — triples ``(u, z1, z2)`` for
             ``method="sparse"``, whole paths for ``method="enumerate"`` (≥ 1; a single seed row
-            or triple is never split). Does not change the result.
-        method: ``"sparse"`` (default, fastest) or ``"enumerate"``.
+            or triple is never split; unused by ``"compiled"``). Does not change the result.
+        method: ``"auto"`` (default: ``"compiled"`` when available, else ``"sparse"``),
+            ``"compiled"`` (C++; raises when the kernels are unavailable), ``"sparse"`` or
+            ``"enumerate"``.
 
     Returns:
         float32 tensor ``(out, in)`` on the mask's device, zero at existing links.
@@ -313,6 +338,16 @@ def ch_l3_exact(
     var = _canonical_variant(variant)
     meth = check_choice(method, _EXACT_METHODS, "method")
     check_positive_int(chunk_size, "chunk_size")
+    if meth in ("auto", "compiled"):
+        kernels = _compiled_scorer(m)
+        if kernels is not None:
+            return kernels.ch_l3(m, var, matrix=False)
+        if meth == "compiled":
+            raise BrainsparseError(
+                "method 'compiled' needs the C++ kernels on a CPU mask; they are unavailable "
+                f"({_kernel_problem(m)}); allowed instead: sparse, enumerate"
+            )
+        meth = "sparse"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
         out = _exact_scores(m, var, chunk_size, meth)
@@ -343,23 +378,36 @@ def ch_l3_matrix(mask: Tensor, variant: str = "CH3", *, use_sparse: bool | None 
     (see :func:`ch_l3_node_reference`): CH3 ``Σ_z 1/(1+de_z)``, CH2 ``Σ_z (1+di_z)/(1+de_z)``,
     CH3.1 ``Σ_z (1+di_z)/(1+de_z)^(1+de_z/(1+de_z))``. Same support as the exact path form.
 
-    Complexity: four matmuls, O(out²·in + in²·out) time when dense, O(nnz·(out + in)) with the
-    sparse left factor; O(out² + in²) memory, independent of density.
+    Routes (same result up to float rounding):
+
+    * dense: four dense matmuls, O(out²·in + in²·out) time, O(out² + in²) memory;
+    * sparse, compiled (CPU with the C++ kernels, see :func:`brainsparse.kernels.backend`): a
+      fused kernel that never forms ``C``: per output row ``u`` it counts ``C[u, :]`` from the
+      neighbour lists (``z1 ∈ N(u)``, ``z2 ∈ N(z1)``), forms ``Wt[u, z2]`` on the touched
+      entries and adds ``Wt[u, z2]·A[z2, :]`` into the row; the input side adds, for each
+      ``z1 ∈ N(u)``, the non-zeros of column ``z1`` of ``Wt'`` (listed once per input, from the
+      same two-hop counts). Time O(N·k²·k) ≈ the number of L3 walks, memory O(in·min(k², in));
+    * sparse, PyTorch (the fallback): sparse CSR × dense products, O(nnz·(out + in)) time,
+      O(out² + in²) memory.
 
     Args:
         mask: bool (or 0/1) tensor of shape ``(out, in)``.
         variant: ``"CH2"``, ``"CH3"`` or ``"CH3.1"`` (case-insensitive).
-        use_sparse: multiply with a sparse CSR copy of ``A`` (sparse × dense) instead of dense
-            matmuls. ``None`` (default): on CPU when the density is below 0.1. Same result up
-            to float rounding.
+        use_sparse: the sparse route (compiled when available) instead of dense matmuls.
+            ``None`` (default): on CPU when the density is below 0.1.
     """
     m = _as_mask(mask)
     var = _canonical_variant(variant)
-    a = m.to(torch.float32)
-    if a.numel() == 0:
-        return a.clone()
+    if m.numel() == 0:
+        return torch.zeros(m.shape, dtype=torch.float32, device=m.device)
     if use_sparse is None:
-        use_sparse = a.device.type == "cpu" and float(a.mean()) < _SPARSE_MATMUL_MAX_DENSITY
+        links = int(torch.count_nonzero(m))
+        use_sparse = m.device.type == "cpu" and links < _SPARSE_MATMUL_MAX_DENSITY * m.numel()
+    if use_sparse:
+        kernels = _compiled_scorer(m)
+        if kernels is not None:
+            return kernels.ch_l3(m, var, matrix=True)
+    a = m.to(torch.float32)
     deg_o, deg_i = a.sum(1), a.sum(0)
     if use_sparse:
         with warnings.catch_warnings():
