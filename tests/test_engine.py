@@ -260,3 +260,17 @@ def test_l3_path_count_matches_enumeration():
                 if mask[b, j]:
                     count += int(m[b].sum())
     assert l3_path_count(mask) == count
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), density=st.floats(0.02, 0.4))
+def test_percolation_check_agrees_with_percolate(seed, density):
+    from brainsparse.percolation import percolate
+
+    _, _, engine = _make("chts", [12, 10, 8, 3], 0.3)
+    g = torch.Generator().manual_seed(seed)
+    masks = {name: torch.rand(layer.mask.shape, generator=g) < density for name, layer in engine.layers.items()}
+    after = percolate(masks, engine.chains, engine.pairs)
+    unchanged = all(torch.equal(after[n], masks[n]) for n in masks)
+    assert engine._percolation_changes(masks) == (not unchanged)
+    assert not engine._percolation_changes(after)  # a percolated network is a fixed point

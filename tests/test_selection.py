@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brainsparse.errors import BrainsparseError
-from brainsparse.selection import select
+from brainsparse.selection import select, select_among, select_index
 
 
 def gen(seed=0):
@@ -124,3 +124,46 @@ def test_non_finite_scores_count_as_zero():
     assert chosen[0, 2] and chosen[0, 3] and int(chosen.sum()) == 2
     chosen = select(scores, 3, cand, generator=gen())
     assert chosen[0, 2] and chosen[0, 3] and int(chosen.sum()) == 3
+
+
+# ---------------------------------------------------------------- index and link-space forms
+@st.composite
+def _scored_masks(draw):
+    rows, cols = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < draw(st.floats(0.1, 1.0))
+    scores = torch.rand(rows, cols, generator=g)
+    scores[torch.rand(rows, cols, generator=g) < draw(st.floats(0.0, 0.9))] = 0.0  # many zeros
+    special = torch.tensor([float("inf"), float("nan"), -1.0])
+    pos = torch.randint(0, rows * cols, (draw(st.integers(0, 2)),), generator=g)
+    scores.view(-1)[pos] = special[: pos.numel()]
+    return mask, scores * mask
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=_scored_masks(), rule=st.sampled_from(["topk", "soft"]), temperature=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+       frac=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_select_among_links_equals_dense_select(case, rule, temperature, frac, seed):
+    mask, scores = case
+    n = int(mask.sum())
+    k = int(frac * n)
+    dense = select(scores, k, mask, rule=rule, temperature=temperature, generator=gen(seed), fallback=mask)
+    links = select_among(scores[mask], k, rule=rule, temperature=temperature, generator=gen(seed))
+    assert int(links.sum()) == k
+    expected = torch.zeros_like(mask)
+    expected[mask] = links  # link order = row-major order of the mask
+    assert torch.equal(dense, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=_scored_masks(), rule=st.sampled_from(["topk", "soft"]), frac=st.floats(0.0, 1.0),
+       seed=st.integers(0, 1000), use_fallback=st.booleans())
+def test_select_index_is_select_as_indices(case, rule, frac, seed, use_fallback):
+    cand, scores = case
+    fallback = torch.rand(cand.shape, generator=gen(seed)) < 0.5 if use_fallback else None
+    k = int(frac * int(cand.sum()))
+    chosen = select(scores, k, cand, rule=rule, generator=gen(seed), fallback=fallback)
+    index = select_index(scores, k, cand, rule=rule, generator=gen(seed), fallback=fallback)
+    assert index.numel() == k == int(chosen.sum())
+    assert sorted(index.tolist()) == chosen.view(-1).nonzero().squeeze(1).tolist()

@@ -38,7 +38,7 @@ from .schedules import density_at, drop_fraction, is_epitopological_minimum, lin
 from .scoring import ch_l3, l3_path_count
 from .scoring.regrowth import cosine_similarity_scores, gradient_magnitude, random_scores
 from .scoring.removal import removal_scores
-from .selection import count, select
+from .selection import count, select, select_among, select_index
 
 _CH_VARIANTS = {"ch3_l3": "CH3", "ch2_l3": "CH2", "ch3.1_l3": "CH3.1"}
 #: Above this many L3 paths in a layer, exact CH scoring falls back to the matrix form
@@ -384,7 +384,22 @@ class DynamicSparseEngine:
         return select(scores, n_links, mask, rule="topk", generator=self.generator, fallback=mask)
 
     def _removal_keep(self, layer: SparseLayer, mask: Tensor, n_keep: int, temperature: float) -> Tensor:
-        if layer.frozen or n_keep >= count(mask):
+        if layer.frozen:
+            return mask.clone()
+        if layer.sparse_kernel and mask is layer.mask and self.method.removal == "magnitude":
+            # on the links themselves: |W| in row-major link order, the order of the dense
+            # scores' candidates, so the choice (and the random numbers drawn) is the same
+            structure = layer.module.structure
+            if n_keep >= structure.nnz:
+                return mask.clone()
+            keep = select_among(
+                layer.module.values.detach().abs().float(), n_keep, rule=self.method.removal_rule,
+                temperature=temperature, generator=self.generator,
+            )
+            kept = torch.zeros_like(mask)
+            kept.view(-1)[structure.keys()[keep].to(mask.device)] = True
+            return kept
+        if n_keep >= count(mask):
             return mask.clone()
         scores = self._scores_for_removal(layer, mask, self.method.removal)
         return select(
@@ -410,12 +425,38 @@ class DynamicSparseEngine:
             return cosine_similarity_scores(*layer.activations, kept)
         exact = self.method.regrowth_exact
         links = count(kept)
-        cheap = links * int(kept.sum(dim=1).max()) * int(kept.sum(dim=0).max()) <= self.max_exact_paths
+        max_out = int(torch.count_nonzero(kept, dim=1).max()) if links else 0
+        max_in = int(torch.count_nonzero(kept, dim=0).max()) if links else 0
+        cheap = links * max_out * max_in <= self.max_exact_paths
         if exact and not cheap and l3_path_count(kept) > self.max_exact_paths:
             # the exact form costs one step per L3 path; past the budget use the matrix form
             exact = False
             self._fallbacks.add(layer.name)
         return ch_l3(kept.cpu(), variant=_CH_VARIANTS[kind], exact=exact).to(kept.device)
+
+    def _percolation_changes(self, masks: dict[str, Tensor]) -> bool:
+        """Whether :func:`percolate` would remove any link: a hidden neuron of a chain with
+        incoming but no outgoing links (or the reverse), or an output of an elementwise pair
+        with links in one layer and none in the other. Two row/column reductions per layer, so
+        the usual update, where nothing percolates, skips the full fixed-point sweeps."""
+        rows: dict[str, Tensor] = {}
+        cols: dict[str, Tensor] = {}
+
+        def has_rows(name: str) -> Tensor:
+            if name not in rows:
+                rows[name] = masks[name].any(dim=1)
+            return rows[name]
+
+        def has_cols(name: str) -> Tensor:
+            if name not in cols:
+                cols[name] = masks[name].any(dim=0)
+            return cols[name]
+
+        for chain in self.chains:
+            for first, second in zip(chain[:-1], chain[1:]):
+                if not torch.equal(has_rows(first), has_cols(second)):
+                    return True
+        return any(not torch.equal(has_rows(a), has_rows(b)) for a, b in self.pairs)
 
     def _active_neurons(self, masks: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """Per layer: (active output rows, active input columns) after percolation."""
@@ -455,6 +496,7 @@ class DynamicSparseEngine:
         temperature = linear_temperature(step, t_end, *self.method.removal_temperature)
         prune_to, final = self._scheduled_density(step)
         before = {n: layer.mask.clone() for n, layer in self.layers.items()}
+        n_before = {n: count(m) for n, m in before.items()}
 
         kept: dict[str, Tensor] = {}
         pruned: dict[str, int] = {}
@@ -465,8 +507,8 @@ class DynamicSparseEngine:
                 shape = mask.shape
                 n_links = link_count(self._layer_density(layer.base_density, prune_to), *shape)
                 mask = self._prune(layer, mask, n_links, self.method.prune_score)
-            pruned[name] = count(before[name]) - count(mask)
-            n_on = count(mask)
+            n_on = count(mask) if prune_to is not None else n_before[name]
+            pruned[name] = n_before[name] - n_on
             if self.method.density_schedule == "ems":
                 n_keep = n_on  # EM&S removes only by shrinking to the target density
             else:
@@ -474,7 +516,7 @@ class DynamicSparseEngine:
             kept[name] = self._removal_keep(layer, mask, n_keep, temperature)
             layer.density = self._layer_density(layer.base_density, final)
             layer.target = link_count(layer.density, *mask.shape)
-        if self.method.percolation:
+        if self.method.percolation and self._percolation_changes(kept):
             kept = percolate(kept, self.chains, self.pairs)
         active = self._active_neurons(kept)
 
@@ -482,33 +524,43 @@ class DynamicSparseEngine:
             "step": step, "drop_fraction": zeta, "temperature": temperature, "density": final, "layers": {},
         }
         for name, layer in self.layers.items():
+            # m1 ⊆ before and grown ∩ m1 = ∅ throughout: links are only removed from `before`,
+            # and regrowth picks among ~m1; so counts and the overlap need no dense temporaries
             m1 = kept[name]
-            removed = before[name] & ~m1
-            n_grow = 0 if self.method.regrowth == "none" else layer.target - int(m1.sum())
-            grown = torch.zeros_like(m1)
+            n_kept = count(m1)
+            n_grow = 0 if self.method.regrowth == "none" else layer.target - n_kept
+            grown = torch.zeros(0, dtype=torch.int64, device=m1.device)  # flat indices of new links
             revived = 0
             if n_grow > 0:
                 scores = self._regrowth_scores(layer, m1)
                 rows, cols = active[name]
                 between_active = rows[:, None] & cols[None, :]
-                grown = select(
+                grown = select_index(
                     scores, n_grow, ~m1, rule=self.method.regrowth_rule,
                     temperature=self.method.regrowth_temperature, generator=self.generator,
                     fallback=between_active,
                 )
                 if self.method.exploration == "simultaneous":
-                    grown = self._explore(grown, removed, m1)
+                    grown_mask = torch.zeros_like(m1)
+                    grown_mask.view(-1)[grown] = True
+                    grown_mask = self._explore(grown_mask, before[name] & ~m1, m1)
+                    grown = grown_mask.view(-1).nonzero().squeeze(1)
                 # links that had to touch a neuron percolation removed (no room between active ones)
-                revived = count(grown & ~between_active) if self.method.percolation else 0
+                if self.method.percolation:
+                    revived = grown.numel() - count(between_active.view(-1)[grown])
             elif n_grow < 0:  # more links than the target: drop the weakest
                 m1 = self._prune(layer, m1, layer.target, self.method.removal)
-                removed = before[name] & ~m1
+                n_kept = count(m1)
             if self.method.regrowth == "none":
-                layer.target = int(m1.sum())
-            new_mask = m1 | grown
-            n_removed, n_grown = count(removed), count(grown)
-            overlap = overlap_rate(removed, grown)
-            self._set_mask(layer, new_mask, new_links=new_mask & ~before[name])
+                layer.target = n_kept
+            new_mask = m1.clone(memory_format=torch.contiguous_format)
+            new_mask.view(-1)[grown] = True  # m1 | grown
+            n_removed, n_grown = n_before[name] - n_kept, grown.numel()
+            # |removed ∩ regrown| / |regrown|, read at the regrown positions (removed = before there)
+            removed_at_grown = before[name].view(-1)[grown]
+            overlap = overlap_rate(removed_at_grown, torch.ones_like(removed_at_grown))
+            new_links = None if layer.sparse_kernel else new_mask & ~before[name]
+            self._set_mask(layer, new_mask, new_links=new_links)
             layer.ever_active |= new_mask
             layer.dense_grad = None
             layer.activations = None
@@ -527,7 +579,8 @@ class DynamicSparseEngine:
         return record
 
     @torch.no_grad()
-    def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor) -> None:
+    def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor | None) -> None:
+        """Install ``mask``; ``new_links`` (dense path only) start at weight 0 and zero state."""
         if layer.sparse_kernel:
             # kept links keep value and optimizer state, new links start at 0, removed ones vanish
             old = layer.module.values

@@ -46,10 +46,94 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
 
 
 def gumbel_keys(log_weights: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Perturbed keys whose top-k is a sample without replacement ∝ exp(log_weights) [Gumbel-top-k]."""
+    """Perturbed keys whose top-k is a sample without replacement ∝ exp(log_weights) [Gumbel-top-k].
+
+    ``key = log_weights − log(−log(u))`` with ``u`` uniform in float64 (computed in place: one
+    array of the candidates' size, the same values as the out-of-place formula).
+    """
     u = torch.rand(log_weights.shape, generator=generator, dtype=torch.float64, device=log_weights.device)
-    u = u.clamp_(min=1e-300, max=1.0 - 1e-16)
-    return log_weights.double() - torch.log(-torch.log(u))
+    u.clamp_(min=1e-300, max=1.0 - 1e-16)
+    u.log_().neg_().log_()  # log(−log(u)): minus the Gumbel noise
+    return torch.sub(log_weights.double(), u, out=u)
+
+
+def _check_arguments(rule: str, temperature: float) -> str:
+    rule = check_choice(rule, RULES, "selection rule")
+    if temperature < 0 or (isinstance(temperature, float) and math.isnan(temperature)):
+        raise BrainsparseError(f"temperature {temperature!r} is invalid; allowed: a number >= 0")
+    return rule
+
+
+def _positive(flat_scores: Tensor, pos_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop non-finite scores (they count as zero) from ``pos_index``; returns the kept index and
+    its scores in float64."""
+    s = flat_scores[pos_index].double()
+    # float64 sums of float32 (or moderate float64) scores overflow only if some score is ±inf/NaN
+    if not math.isfinite(float(s.sum())):
+        finite = torch.isfinite(s)
+        pos_index, s = pos_index[finite], s[finite]
+    return pos_index, s
+
+
+def _pick_positive(pos_index: Tensor, s: Tensor, k: int, rule: str, temperature: float,
+                   generator: torch.Generator | None) -> Tensor:
+    """``k`` of more than ``k`` positive candidates: top-k, or sampled ∝ s**temperature [Eq. 2/3]."""
+    if rule == "topk" or math.isinf(temperature):
+        return _ranked(pos_index, s, k, generator)
+    log_w = torch.log(s)
+    if temperature != 1:
+        log_w.mul_(temperature)  # temperature · log(s)
+    keys = gumbel_keys(log_w, generator)
+    return pos_index[torch.topk(keys, k).indices]
+
+
+def select_index(
+    scores: Tensor,
+    k: int,
+    candidates: Tensor,
+    *,
+    rule: str = "topk",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    fallback: Tensor | None = None,
+) -> Tensor:
+    """:func:`select`, returning the flat (row-major) indices of the chosen positions instead of
+    a mask (int64, no particular order)."""
+    rule = _check_arguments(rule, temperature)
+    if scores.shape != candidates.shape:
+        raise BrainsparseError(f"scores shape {tuple(scores.shape)} differs from candidates shape {tuple(candidates.shape)}")
+    flat_scores = scores.reshape(-1)
+    cand = candidates.reshape(-1).bool()
+    n_cand = count(cand)
+    if k < 0 or k > n_cand:
+        raise BrainsparseError(f"cannot select {k} links from {n_cand} candidates")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.int64, device=cand.device)
+
+    if rule == "soft" and temperature == 0:
+        # T -> 0: every candidate equally likely (uniform random choice).
+        return _random_pick(cand.nonzero().squeeze(1), k, generator)
+
+    # only candidates with a finite positive score compete; NaN and ±inf count as zero
+    positive = cand & (flat_scores > 0)
+    pos_index, s = _positive(flat_scores, positive.nonzero().squeeze(1))
+    if pos_index.numel() > k:
+        return _pick_positive(pos_index, s, k, rule, temperature, generator)
+
+    # Too few positive scores: all of them, then uniform among the fallback zero-score candidates.
+    positive.zero_()
+    positive[pos_index] = True
+    missing = k - pos_index.numel()
+    zero = cand & ~positive
+    preferred = zero & fallback.reshape(-1).bool() if fallback is not None else zero
+    pref_index = preferred.nonzero().squeeze(1)
+    pick = _random_pick(pref_index, min(missing, pref_index.numel()), generator)
+    missing -= pick.numel()
+    parts = [pos_index, pick]
+    if missing > 0:
+        zero[pick] = False
+        parts.append(_random_pick(zero.nonzero().squeeze(1), missing, generator))
+    return torch.cat(parts)
 
 
 def select(
@@ -71,56 +155,43 @@ def select(
     rest is drawn uniformly from the zero-score candidates in ``fallback`` (default: all
     candidates), then, if that is still not enough, from any remaining candidate.
     """
-    rule = check_choice(rule, RULES, "selection rule")
-    if scores.shape != candidates.shape:
-        raise BrainsparseError(f"scores shape {tuple(scores.shape)} differs from candidates shape {tuple(candidates.shape)}")
-    if temperature < 0 or (isinstance(temperature, float) and math.isnan(temperature)):
-        raise BrainsparseError(f"temperature {temperature!r} is invalid; allowed: a number >= 0")
+    index = select_index(scores, k, candidates, rule=rule, temperature=temperature, generator=generator,
+                         fallback=fallback)
+    chosen = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
+    chosen[index] = True
+    return chosen.view(candidates.shape)
+
+
+def select_among(
+    scores: Tensor,
+    k: int,
+    *,
+    rule: str = "topk",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """:func:`select` over a 1-D vector of scores where every entry is a candidate (and the
+    fallback): a bool vector with exactly ``k`` true entries.
+
+    Used for removal on the links of a layer (``scores`` in the links' row-major order): it
+    draws the same random numbers and makes the same choice as :func:`select` on the dense
+    ``(out, in)`` scores with ``candidates = fallback = mask``, without any dense array.
+    """
+    rule = _check_arguments(rule, temperature)
     flat_scores = scores.reshape(-1)
-    cand = candidates.reshape(-1).bool()
-    n_cand = count(cand)
-    if k < 0 or k > n_cand:
-        raise BrainsparseError(f"cannot select {k} links from {n_cand} candidates")
-    chosen = torch.zeros_like(cand)
+    n = flat_scores.numel()
+    if k < 0 or k > n:
+        raise BrainsparseError(f"cannot select {k} links from {n} candidates")
+    chosen = torch.zeros(n, dtype=torch.bool, device=flat_scores.device)
     if k == 0:
-        return chosen.view_as(candidates)
-
+        return chosen
     if rule == "soft" and temperature == 0:
-        # T -> 0: every candidate equally likely (uniform random choice).
-        pick = _random_pick(cand.nonzero().squeeze(1), k, generator)
-        chosen[pick] = True
-        return chosen.view_as(candidates)
-
-    # only candidates with a finite positive score compete; NaN and ±inf count as zero
-    positive = cand & (flat_scores > 0)
-    pos_index = positive.nonzero().squeeze(1)
-    finite = torch.isfinite(flat_scores[pos_index])
-    if not bool(finite.all()):
-        positive[pos_index[~finite]] = False
-        pos_index = pos_index[finite]
+        chosen[_random_pick(torch.arange(n, device=chosen.device), k, generator)] = True
+        return chosen
+    pos_index, s = _positive(flat_scores, (flat_scores > 0).nonzero().squeeze(1))
     if pos_index.numel() > k:
-        s = flat_scores[pos_index].double()
-        if rule == "topk" or math.isinf(temperature):
-            pick = _ranked(pos_index, s, k, generator)
-        else:
-            keys = gumbel_keys(temperature * torch.log(s), generator)
-            pick = pos_index[torch.topk(keys, k).indices]
-        chosen[pick] = True
-        return chosen.view_as(candidates)
-
-    # Too few positive scores: all of them, then uniform among the fallback zero-score candidates.
-    chosen[pos_index] = True
-    missing = k - pos_index.numel()
-    zero = cand & ~positive
-    if fallback is not None:
-        preferred = zero & fallback.reshape(-1).bool()
-    else:
-        preferred = zero
-    pref_index = preferred.nonzero().squeeze(1)
-    pick = _random_pick(pref_index, min(missing, pref_index.numel()), generator)
-    chosen[pick] = True
-    missing -= pick.numel()
-    if missing > 0:
-        rest = (zero & ~chosen).nonzero().squeeze(1)
-        chosen[_random_pick(rest, missing, generator)] = True
-    return chosen.view_as(candidates)
+        chosen[_pick_positive(pos_index, s, k, rule, temperature, generator)] = True
+        return chosen
+    chosen[pos_index] = True  # all positive ones, then uniform among the zero-score ones
+    chosen[_random_pick((~chosen).nonzero().squeeze(1), k - pos_index.numel(), generator)] = True
+    return chosen
