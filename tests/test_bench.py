@@ -14,3 +14,22 @@ def test_bench_parts_produce_consistent_rows():
                      "layers": layers, "scoring": scoring, "memory": memory})
     assert "| 32×16 |" in text and "CH3-L3" in text
     json.dumps(layers)
+
+
+def test_scoring_rows_time_both_implementations_and_parts_carry_over(tmp_path):
+    from brainsparse.bench import run_benchmarks
+    from brainsparse.kernels import backend
+
+    rows = bench_scoring(sizes=(40,), densities=(0.1,), repeats=1)
+    if backend() == "cpp":  # the PyTorch scorers are timed beside the compiled ones
+        assert rows[0]["exact_torch_s"] > 0 and rows[0]["matrix_torch_s"] > 0
+        assert "(" in markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"},
+                                "scoring": rows})
+    first = run_benchmarks(tmp_path, parts=("memory",), quick=True)
+    assert "memory" in first and "carried_over" not in first
+    (tmp_path / "bench.json").write_text(json.dumps(dict(first, scoring=rows)))
+    second = run_benchmarks(tmp_path, parts=("memory",), quick=True)
+    assert second["scoring"] == rows and second["carried_over"]["parts"] == ["scoring"]
+    assert "Parts kept from an earlier run: scoring" in (tmp_path / "bench.md").read_text()
+    full = run_benchmarks(tmp_path, parts=("memory",), quick=False)  # a quick file is not merged into a full one
+    assert "carried_over" not in full

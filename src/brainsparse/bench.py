@@ -9,9 +9,14 @@ the same process. Parts:
   and density;
 * ``epoch``: one epoch of the paper MLP (784-1568-1568-1568-10, batch 32) at 1 % density with
   CHTs on each kernel, including its topology update, with the test accuracy after it;
-* ``scoring``: CH3-L3 scoring time, exact (path enumeration) and matrix form (dense and sparse
-  products);
+* ``scoring``: CH3-L3 scoring time, exact (path enumeration) and matrix form: the default
+  implementations (the compiled C++ scorers when the ``cpp`` backend is active: exact path
+  enumeration and the fused sparse matrix form), the PyTorch ones beside them where affordable
+  (exact ``method="sparse"``, matrix form with sparse CSR products), and dense matmuls;
 * ``memory``: bytes of weights + optimizer state (SGD momentum, Adam moments) dense vs sparse.
+
+Running some parts into a folder that already holds a ``bench.json`` of the same kind (full or
+``quick``) keeps the other parts from it, listed under ``carried_over``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kernels import SparseLinear, backend
+from .kernels import SparseLinear, backend, use_backend
 from .scoring.cannistraci_hebb import ch_l3_exact, ch_l3_matrix, l3_path_count
 from .topology import uniform
 from .train.checkpoint import write_json, write_text
@@ -94,8 +99,15 @@ def bench_scoring(
     repeats: int = 3,
     max_paths: float = 2e9,
     max_dense_n: int = 4096,
+    max_torch_paths: float = 1e9,
+    max_torch_n: int = 1568,
 ) -> list[dict[str, Any]]:
-    """CH3-L3 scoring time of an n×n layer: exact, matrix form with dense and sparse products."""
+    """CH3-L3 scoring time of an n×n layer: exact, matrix form with dense and sparse products.
+
+    ``exact_s`` and ``matrix_sparse_s`` time the default implementations (compiled when the
+    ``cpp`` backend is active); ``exact_torch_s`` and ``matrix_torch_s`` the PyTorch ones, where
+    ``n <= max_torch_n`` and the layer has at most ``max_torch_paths`` L3 paths.
+    """
     rows = []
     g = torch.Generator().manual_seed(0)
     for n in sizes:
@@ -109,6 +121,11 @@ def bench_scoring(
             else:
                 row["exact_s"] = None  # skipped: cost grows with the number of L3 paths
             row["matrix_sparse_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=True), repeats, 1)
+            if backend() == "cpp" and n <= max_torch_n and paths <= max_torch_paths:
+                reps = 1 if paths > 2e8 else repeats
+                with use_backend("torch"):
+                    row["exact_torch_s"] = _median_time(lambda: ch_l3_exact(mask, "CH3"), reps, 0 if reps == 1 else 1)
+                    row["matrix_torch_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=True), repeats, 1)
             if n <= max_dense_n:
                 row["matrix_dense_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=False), max(1, repeats - 1), 1)
                 row["matrix_speedup"] = row["matrix_dense_s"] / row["matrix_sparse_s"]
@@ -167,7 +184,11 @@ def bench_epoch(dataset: str = "mnist", data_dir: str | None = None, density: fl
     return rows
 
 
-def run_benchmarks(out: str | Path, parts: Sequence[str] = ("layers", "scoring", "memory", "epoch"),
+#: The benchmark parts, in the order they run.
+PARTS = ("layers", "scoring", "memory", "epoch")
+
+
+def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
                    quick: bool = False, data_dir: str | None = None, dataset: str = "mnist") -> dict[str, Any]:
     """Run the chosen parts and write ``bench.json`` and ``bench.md`` into ``out``."""
     out = Path(out)
@@ -191,9 +212,25 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = ("layers", "scoring",
         result["memory"] = bench_memory()
     if "epoch" in parts:
         result["epoch"] = bench_epoch(dataset=dataset, data_dir=data_dir, train_subset=6000 if quick else None)
+    _carry_over(out / "bench.json", result, parts)
     write_json(out / "bench.json", result)
     write_text(out / "bench.md", markdown(result))
     return result
+
+
+def _carry_over(path: Path, result: dict[str, Any], parts: Sequence[str]) -> None:
+    """Keep the parts not run now from an earlier ``bench.json`` of the same kind (quick or full)."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(previous, dict) or previous.get("quick") != result["quick"]:
+        return
+    kept = [p for p in PARTS if p not in parts and p in previous]
+    for part in kept:
+        result[part] = previous[part]
+    if kept:
+        result["carried_over"] = {"parts": kept, "machine": previous.get("machine")}
 
 
 def _fmt(seconds: float | None) -> str:
@@ -206,6 +243,8 @@ def markdown(result: dict[str, Any]) -> str:
     """The benchmark result as Markdown tables."""
     m = result["machine"]
     lines = [f"Machine: {m['platform']}, torch {m['torch']}, {m['threads']} threads, sparse backend `{m['sparse_backend']}`.", ""]
+    if result.get("carried_over"):
+        lines += [f"Parts kept from an earlier run: {', '.join(result['carried_over']['parts'])}.", ""]
     if "layers" in result:
         lines += ["### One layer, forward + backward (median)", "",
                   "| shape (out×in) | batch | density | dense | dense-masked | sparse | sparse vs masked |",
@@ -224,12 +263,19 @@ def markdown(result: dict[str, Any]) -> str:
                   + (f"; topology update = {100 * sparse['update_share_of_epoch']:.1f} % of the epoch." if "update_share_of_epoch" in sparse else "."), ""]
     if "scoring" in result:
         lines += ["### CH3-L3 scoring of an n×n layer (median)", "",
-                  "| n | density | L3 paths | exact | matrix, sparse products | matrix, dense products | matrix sparse vs dense |",
+                  f"Exact and sparse matrix form: the `{m['sparse_backend']}` backend's scorers; "
+                  "in parentheses the PyTorch ones (exact `method=\"sparse\"`, CSR products) where timed.", "",
+                  "| n | density | L3 paths | exact | matrix, sparse | matrix, dense products | matrix sparse vs dense |",
                   "|---|---|---|---|---|---|---|"]
+
+        def cell(r: dict[str, Any], key: str, torch_key: str) -> str:
+            torch_s = r.get(torch_key)
+            return _fmt(r.get(key)) + (f" ({_fmt(torch_s)})" if torch_s is not None else "")
+
         for r in result["scoring"]:
             speed = f"{r['matrix_speedup']:.1f}×" if "matrix_speedup" in r else "–"
-            lines.append(f"| {r['n']} | {r['density']:g} | {r['l3_paths']:.3g} | {_fmt(r['exact_s'])} | "
-                         f"{_fmt(r['matrix_sparse_s'])} | {_fmt(r.get('matrix_dense_s'))} | {speed} |")
+            lines.append(f"| {r['n']} | {r['density']:g} | {r['l3_paths']:.3g} | {cell(r, 'exact_s', 'exact_torch_s')} | "
+                         f"{cell(r, 'matrix_sparse_s', 'matrix_torch_s')} | {_fmt(r.get('matrix_dense_s'))} | {speed} |")
         lines.append("")
     if "memory" in result:
         lines += ["### Weights + optimizer state of a 1568×1568 layer at 1 %", "",
@@ -241,4 +287,4 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_benchmarks", "bench_layers", "bench_scoring", "bench_memory", "bench_epoch", "markdown"]
+__all__ = ["PARTS", "run_benchmarks", "bench_layers", "bench_scoring", "bench_memory", "bench_epoch", "markdown"]
