@@ -130,6 +130,12 @@ def _config_from_args(args: argparse.Namespace, method: str, seed: int):
 def _train(args: argparse.Namespace) -> int:
     from .train import task_entry
 
+    stored = Path(args.out or "", "config.json")
+    if args.resume and args.out and stored.is_file():
+        try:  # a resumed run keeps its own task, whatever --task says
+            args.task = json.loads(stored.read_text()).get("task", "classification")
+        except (OSError, ValueError) as exc:
+            raise BrainsparseError(f"cannot read {stored}: {exc}") from None
     config = _config_from_args(args, args.method, args.seed)
     if not args.resume:
         config.validate()

@@ -74,6 +74,9 @@ def run_steps(
     progress: bool = True,
     stop_after_evals: int | None = None,
     describe: Callable[[dict[str, Any]], str] | None = None,
+    is_writer: bool = True,
+    before_engine_step: Callable[[], None] | None = None,
+    after_engine_step: Callable[[dict[str, Any] | None], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train ``run`` up to ``steps`` optimizer steps; returns (history, wall time in seconds).
 
@@ -81,6 +84,12 @@ def run_steps(
     rate, ``run.evaluate()``, the network's topology) is appended to ``out/metrics.jsonl`` and
     ``out/checkpoint.pt`` is rewritten. ``state`` is a loaded checkpoint to resume from.
     ``stop_after_evals`` stops after that many evaluations of this call (an interrupted run).
+
+    Distributed runs (see :mod:`brainsparse.train.distributed`): only the process with
+    ``is_writer`` writes files and shows progress; ``before_engine_step()`` runs between the
+    optimizer step and ``engine.step()`` (e.g. to all-reduce the gradients kept for scores) and
+    ``after_engine_step(record)`` right after it with the update record or None (e.g. to
+    broadcast rank 0's topology).
     """
     if steps < 1 or eval_every < 1:
         raise BrainsparseError(f"steps {steps!r} and eval_every {eval_every!r} must be positive integers")
@@ -93,7 +102,7 @@ def run_steps(
     loss_sum, items, evals = 0.0, 0, 0
     updates_before = len(run.engine.history)
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=step, desc="steps", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=steps, initial=step, desc="steps", disable=not (progress and is_writer), dynamic_ncols=True, leave=False)
     run.model.train()
     while step < steps:
         if stop_after_evals is not None and evals >= stop_after_evals:
@@ -111,7 +120,11 @@ def run_steps(
         if run.grad_clip:
             nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
         run.optimizer.step()
-        run.engine.step()
+        if before_engine_step is not None:
+            before_engine_step()
+        update = run.engine.step()
+        if after_engine_step is not None:
+            after_engine_step(update)
         loss_sum += float(loss) * n
         items += n
         bar.update(1)
@@ -127,13 +140,14 @@ def run_steps(
             )
             history.append(record)
             wall += time.perf_counter() - t0
-            save_checkpoint(
-                out / "checkpoint.pt",
-                {**run.state_dict(), "step": step, "history": history, "wall_time_s": wall,
-                 "rng_state": torch.get_rng_state(), "config": config},
-            )
-            write_jsonl(out / "metrics.jsonl", history)
-            if progress:
+            if is_writer:
+                save_checkpoint(
+                    out / "checkpoint.pt",
+                    {**run.state_dict(), "step": step, "history": history, "wall_time_s": wall,
+                     "rng_state": torch.get_rng_state(), "config": config},
+                )
+                write_jsonl(out / "metrics.jsonl", history)
+            if progress and is_writer:
                 tqdm.write(describe(record) if describe else f"step {step}/{steps}: " + ", ".join(
                     f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
             loss_sum, items, evals = 0.0, 0, evals + 1

@@ -1,0 +1,371 @@
+"""Training a LLaMA-style language model with any method, into a run folder; also under torchrun.
+
+The run folder holds ``config.json``, ``metrics.jsonl`` (one row per evaluation: train loss,
+validation perplexity, the topology), ``checkpoint.pt`` (atomic, resumable on any number of
+processes), ``summary.json`` (validation and test perplexity, per word for PTB, per character
+for Tiny Shakespeare) and ``curves.png``.
+
+Under ``torchrun --nproc_per_node N`` every process trains on its slice of each global batch
+(``batch_size`` sequences in all), the model is wrapped in DDP and rank 0 decides every
+topology update (:mod:`brainsparse.train.distributed`); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .._validation import check_density, check_positive_int, check_unit_interval
+from ..data.text import Corpus, eval_windows, lm_batch, load_corpus, pack_windows, text_dataset_name
+from ..engine import DynamicSparseEngine, sparsify
+from ..errors import BrainsparseError
+from ..methods import INITS, resolve_method
+from ..models.llama import LLAMA_PRESETS, LLAMA_SPARSE_PATTERNS, LlamaLM, hf_llama_tiny
+from ..models.llama import llama_config, llama_sparse_layout
+from ..report.plots import plot_step_curves
+from . import distributed as dd
+from .checkpoint import load_checkpoint, write_json
+from .common import clear_run_folder, prepare_run_folder
+from .loop import StepRun, run_steps
+from .lr import warmup_cosine
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
+MODELS = (*LLAMA_PRESETS, "hf-llama-tiny")
+#: the spec's LLaMA settings for the Cannistraci-Hebb methods (algorithms.md §9): cosine-annealed
+#: ζ, soft removal temperature 1 → 9, CH2-L3 in matrix form
+_CH_LLAMA = {"drop_schedule": "cosine", "removal_temperature": (1.0, 9.0), "regrowth": "ch2_l3", "regrowth_exact": False}
+
+
+@dataclass
+class LMConfig:
+    """Settings of one language-model run. Defaults: ``llama-tiny`` on PTB, sized to train on
+    2 CPU cores in under half an hour; the spec's LLaMA recipe (AdamW lr 3e-3, ζ = 0.1 cosine,
+    update every 100 steps, density 0.3 / 0.1) with a lower peak lr for the tiny model."""
+
+    SCORE: ClassVar[str] = "test_ppl"
+    BEST: ClassVar[str] = "best_valid_ppl"
+    CURVE: ClassVar[str] = "valid_ppl"
+    CURVE_X: ClassVar[str] = "step"
+    HIGHER_IS_BETTER: ClassVar[bool] = False
+
+    task: str = "lm"
+    dataset: str = "ptb"
+    model: str = "llama-tiny"
+    method: str = "chtss"
+    density: float = 0.3
+    seed: int = 0
+    steps: int = 2400
+    batch_size: int = 16  # sequences per global batch (split over the processes)
+    seq_len: int = 64
+    lr: float = 3e-3  # AdamW peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.1  # on matrices and embeddings, not on norm gains
+    grad_clip: float = 1.0
+    eval_every: int = 300
+    dropout: float = 0.1
+    update_every: int = 100
+    drop_fraction: float = 0.1  # ζ (spec LLaMA: 0.1, cosine-annealed for the CH methods)
+    init: str | None = None
+    beta: float | None = None
+    r: float | None = None
+    regrowth_exact: bool | None = None
+    weight_init: str = "keep"  # the model's own N(0, 0.02²) initialisation, masked
+    kernel: str = "auto"  # auto | dense | sparse (dense under torchrun)
+    train_subset: int | None = None  # train on the first N tokens only
+    eval_batch_size: int = 32
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`BrainsparseError` naming the first bad value."""
+        text_dataset_name(self.dataset)
+        if self.model not in MODELS:
+            raise BrainsparseError(f"unknown model {self.model!r} for task lm; allowed: {', '.join(MODELS)}")
+        check_density(self.density)
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "update_every", "eval_batch_size"):
+            check_positive_int(getattr(self, name), name)
+        if self.train_subset is not None:
+            check_positive_int(self.train_subset, "train_subset")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise BrainsparseError(f"warmup {self.warmup!r} is invalid; allowed: an integer >= 0")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise BrainsparseError(f"{name} {value!r} is invalid; allowed: a positive number")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise BrainsparseError(f"weight_decay {self.weight_decay!r} is invalid; allowed: a number >= 0")
+        check_unit_interval(self.min_lr_ratio, "min_lr_ratio")
+        if not 0.0 <= self.dropout < 1.0:
+            raise BrainsparseError(f"dropout {self.dropout!r} is invalid; allowed: [0, 1)")
+        if self.kernel not in ("auto", "dense", "sparse"):
+            raise BrainsparseError(f"unknown kernel {self.kernel!r}; allowed: auto, dense, sparse")
+        if self.init is not None and self.init.lower() not in INITS:
+            raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
+        if self.init is not None and self.init.lower() == "csti":
+            raise BrainsparseError("init 'csti' needs input features; a language model's sparse layers see "
+                                   "hidden states, so choose uniform, er, erk, bsw, bsf or brf")
+        for name in ("beta", "r"):
+            if getattr(self, name) is not None:
+                check_unit_interval(getattr(self, name), name)
+        resolve_method(self.method, **self.method_overrides())
+
+    def method_overrides(self) -> dict[str, Any]:
+        """The LLaMA settings of the spec and the options that change the method preset."""
+        out: dict[str, Any] = {"drop_fraction": self.drop_fraction}
+        if self.method in ("cht", "chts", "chtss"):
+            out.update(_CH_LLAMA)
+        if self.method not in ("dense", "neuroprune"):
+            out["weight_init"] = self.weight_init
+        if self.init is not None:
+            out["init"] = self.init.lower()
+        params = {k: v for k, v in (("beta", self.beta), ("r", self.r)) if v is not None}
+        if params:
+            out["init_params"] = params
+        if self.regrowth_exact is not None:
+            out["regrowth_exact"] = self.regrowth_exact
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def build_model(config: LMConfig, vocab_size: int) -> nn.Module:
+    """The config's model with the corpus's vocabulary (draws from torch's global generator)."""
+    if config.model == "hf-llama-tiny":
+        return hf_llama_tiny(vocab_size, seq_len=config.seq_len)
+    cfg = llama_config(config.model, vocab_size=vocab_size, dropout=config.dropout,
+                       max_seq_len=max(config.seq_len, LLAMA_PRESETS[config.model].max_seq_len))
+    return LlamaLM(cfg)
+
+
+def logits_of(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Logits (B, T, vocab) of this package's model or a Hugging Face causal LM."""
+    out = model(tokens)
+    return out if torch.is_tensor(out) else out.logits
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (β = 0.9, 0.95) with weight decay on matrices and embeddings only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    plain = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def sparsify_llama(model: nn.Module, optimizer: torch.optim.Optimizer | None, **options: Any) -> DynamicSparseEngine:
+    """:func:`brainsparse.sparsify` on the attention and SwiGLU projections of a LLaMA model (this
+    package's or Hugging Face's), with the LLaMA chains and pairs for percolation; embeddings and
+    ``lm_head`` stay dense. ``options`` go to :func:`brainsparse.sparsify`."""
+    chains, pairs = llama_sparse_layout(model)
+    if not chains:
+        raise BrainsparseError("the model has no LLaMA blocks (modules with self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)")
+    method = options.pop("method", "chts")
+    if not resolve_method(method).sparse:  # dense: no layers, so no chains
+        chains, pairs = None, []
+    return sparsify(model, optimizer, method=method, include=LLAMA_SPARSE_PATTERNS, chains=chains, pairs=pairs, **options)
+
+
+@torch.no_grad()
+def evaluate_nll(model: nn.Module, tokens: Tensor, seq_len: int, batch_size: int,
+                 ctx: dd.DistContext | None = None) -> tuple[float, int]:
+    """(summed negative log-likelihood, predicted tokens) over a stream; under torchrun each rank
+    takes every world_size-th group of windows and the sums are all-reduced."""
+    ctx = ctx or dd.DistContext()
+    was_training = model.training
+    model.eval()
+    device = ctx.device
+    windows = eval_windows(tokens, seq_len)
+    nll, count = 0.0, 0
+    groups = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    for g in groups[ctx.rank :: ctx.world_size]:
+        full = [w for w in g if w.numel() == seq_len + 1]
+        parts = [torch.stack(full)] if full else []
+        parts += [w[None] for w in g if w.numel() != seq_len + 1]  # the last, shorter window
+        for batch in parts:
+            batch = batch.to(device)
+            logits = logits_of(model, batch[:, :-1])
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"))
+            count += batch[:, 1:].numel()
+    nll, count = dd.allreduce_sum([nll, float(count)], ctx)
+    model.train(was_training)
+    return nll, int(count)
+
+
+def perplexity(nll: float, count: int) -> float:
+    """exp(mean negative log-likelihood per token)."""
+    # perplexity = exp(−(1/N) Σ log p(x_t | x_<t))
+    return math.exp(nll / max(count, 1))
+
+
+class _LMRun:
+    """Model, optimizer, engine and data of one run, with the callbacks of :class:`StepRun`."""
+
+    def __init__(self, config: LMConfig, corpus: Corpus, ctx: dd.DistContext):
+        self.config, self.corpus, self.ctx = config, corpus, ctx
+        train = corpus.splits["train"]
+        if config.train_subset is not None:
+            train = train[: config.train_subset]
+        self.windows = pack_windows(train, config.seq_len)
+        if config.batch_size % ctx.world_size:
+            raise BrainsparseError(
+                f"batch size {config.batch_size} is not divisible by the {ctx.world_size} processes; "
+                f"allowed: a multiple of {ctx.world_size}")
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, corpus.vocab_size).to(ctx.device)
+        self.optimizer = adamw(self.model, config.lr, config.weight_decay)
+        method = resolve_method(config.method, **config.method_overrides())
+        kernel = config.kernel
+        if ctx.distributed:
+            if kernel == "sparse":
+                raise BrainsparseError("kernel 'sparse' is not supported under torchrun (DDP needs parameters of a fixed "
+                                       "shape); allowed there: dense, auto")
+            kernel = "dense"
+        self.engine = sparsify_llama(
+            self.model, self.optimizer, method=method, density=config.density, update_every=config.update_every,
+            total_steps=config.steps, seed=config.seed, kernel=kernel, batch_size=config.batch_size * config.seq_len,
+        )
+        self.net: nn.Module = self.model
+        if ctx.distributed:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        dd.seed_rank_rng(config.seed, ctx)
+
+    def batch_at(self, step: int) -> Tensor:
+        batch = lm_batch(self.windows, step, self.config.batch_size, self.config.seed)
+        return dd.shard(batch, self.ctx).to(self.ctx.device)
+
+    def loss_of(self, batch: Tensor) -> tuple[Tensor, int]:
+        logits = logits_of(self.net, batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+        return loss, batch[:, 1:].numel()
+
+    def lr_at(self, step: int, last_update: int | None) -> float:
+        # warm-up then cosine decay, evaluated at the 0-based step index
+        return self.config.lr * warmup_cosine(step - 1, self.config.steps, self.config.warmup, self.config.min_lr_ratio)
+
+    def evaluate(self, split: str = "valid") -> dict[str, float]:
+        nll, count = evaluate_nll(self.model, self.corpus.splits[split], self.config.seq_len,
+                                  self.config.eval_batch_size, self.ctx)
+        return ppl_metrics(split, nll, count, self.corpus)
+
+    def before_engine_step(self) -> None:
+        if self.engine.is_update_step(self.engine.step_count + 1):
+            dd.allreduce_dense_grads(self.engine, self.ctx)
+
+    def after_engine_step(self, update: dict[str, Any] | None) -> None:
+        if update is not None:
+            dd.broadcast_engine(self.engine, self.ctx)
+
+    def step_run(self) -> StepRun:
+        return StepRun(self.model, self.optimizer, self.engine, self.batch_at, self.loss_of, self.lr_at,
+                       self.evaluate, grad_clip=self.config.grad_clip)
+
+
+def ppl_metrics(split: str, nll: float, count: int, corpus: Corpus) -> dict[str, float]:
+    """``<split>_loss`` and ``<split>_ppl`` per token (per word for PTB); for character corpora also
+    bits per character and perplexity per whitespace word."""
+    out = {f"{split}_loss": nll / max(count, 1), f"{split}_ppl": perplexity(nll, count)}
+    if corpus.level == "char":
+        out[f"{split}_bpc"] = nll / max(count, 1) / math.log(2)  # bits per character = nats / ln 2
+        out[f"{split}_word_ppl"] = perplexity(nll, corpus.words[split])
+    return out
+
+
+def _describe(steps: int):
+    def describe(r: dict[str, Any]) -> str:
+        return (f"step {r['step']}/{steps}: train loss {r['train_loss']:.4f}, valid ppl {r['valid_ppl']:.2f}, "
+                f"density {r['density']:.4f}, active neurons {r['active_neuron_rate']:.3f}, {r['time_s']:.1f}s")
+    return describe
+
+
+def train_language_model(
+    config: LMConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after_evals: int | None = None,
+) -> dict[str, Any]:
+    """Train, validate every ``eval_every`` steps, checkpoint, test at the end; returns the summary.
+
+    Works in one process or under ``torchrun`` (then only rank 0 writes). ``stop_after_evals``
+    ends early after that many evaluations of this call (an interrupted run; resume with
+    ``resume=True``, on any number of processes).
+    """
+    out = Path(out)
+    ctx = dd.init_distributed()
+    if resume:
+        prepare_run_folder(out, RUN_FILES, resume=True, overwrite=False)
+        config = LMConfig.from_dict(json.loads((out / "config.json").read_text()))
+    config.validate()
+    if not resume and ctx.is_main:
+        prepare_run_folder(out, RUN_FILES, resume=False, overwrite=overwrite)
+    corpus = load_corpus(config.dataset, config.data_dir)
+    run = _LMRun(config, corpus, ctx)
+    state = None
+    if resume:
+        state = load_checkpoint(out / "checkpoint.pt")
+        if ctx.rank > 0:
+            state["rng_state"] = torch.get_rng_state()  # this rank's own dropout stream
+    elif ctx.is_main:
+        clear_run_folder(out, RUN_FILES)
+        write_json(out / "config.json", dataclasses.asdict(config))
+    history, wall = run_steps(
+        run.step_run(), steps=config.steps, eval_every=config.eval_every, out=out, config=dataclasses.asdict(config),
+        state=state, progress=progress, stop_after_evals=stop_after_evals, describe=_describe(config.steps),
+        is_writer=ctx.is_main, before_engine_step=run.before_engine_step, after_engine_step=run.after_engine_step,
+    )
+    done = bool(history) and history[-1]["step"] == config.steps
+    test = run.evaluate("test") if done else {}
+    summary = summarize(config, corpus, history, wall, test, ctx.world_size)
+    if ctx.is_main and history:
+        plot_step_curves(history, out / "curves.png", score="valid_ppl", title=_title(config), log_score=True)
+        if done:
+            write_json(out / "summary.json", summary)
+    dd.shutdown(ctx)
+    return summary
+
+
+def _title(config: LMConfig) -> str:
+    return f"{config.model} on {config.dataset}: {config.method}, density {config.density:g}, seed {config.seed}"
+
+
+def summarize(config: LMConfig, corpus: Corpus, history: list[dict[str, Any]], wall: float,
+              test: dict[str, float], processes: int) -> dict[str, Any]:
+    """Final and best validation perplexity, test perplexity, wall time and topology of a run."""
+    if not history:
+        return {"steps_completed": 0}
+    last = history[-1]
+    best = min(history, key=lambda r: r["valid_ppl"])
+    summary = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "method": config.method,
+        "density": config.density,
+        "seed": config.seed,
+        "unit": corpus.level,
+        "steps_completed": last["step"],
+        "final_valid_ppl": last["valid_ppl"],
+        "best_valid_ppl": best["valid_ppl"],
+        "best_step": best["step"],
+        **{k: v for k, v in test.items()},
+        "final_train_loss": last["train_loss"],
+        "active_neuron_rate": last["active_neuron_rate"],
+        "final_density": last["density"],
+        "wall_time_s": wall,
+        "processes": processes,
+        "threads": torch.get_num_threads(),
+        "links": {n: v["links"] for n, v in last["layers"].items()},
+    }
+    return summary
