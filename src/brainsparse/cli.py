@@ -1,4 +1,4 @@
-"""Command line: ``brainsparse train | compare | analyze | bench | methods``."""
+"""Command line: ``brainsparse train | compare | translate | analyze | bench | methods``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="classification: mnist, fashion-mnist (default), emnist-balanced, ...; "
                         "translation: multi30k (default), iwslt14, wmt17; lm: ptb (default), tinyshakespeare, ...")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (else $BRAINSPARSE_DATA, system locations)")
-    p.add_argument("--model", default=None, help="translation: small (default), multi30k, base; lm: llama-tiny (default), llama-60m, llama-130m, hf-llama-tiny")
+    p.add_argument("--model", default=None, help="translation: small (default), multi30k, base, tiny; lm: llama-tiny (default), llama-60m, llama-130m, hf-llama-tiny")
     p.add_argument("--density", type=float, default=None, help="fraction of links kept in sparse layers, in (0, 1] (default 0.01; 0.1 for translation, 0.3 for lm)")
     p.add_argument("--init", default=None, help="initial topology: uniform, er, erk, bsw, bsf, brf, csti (default: the method's)")
     p.add_argument("--beta", type=float, default=None, help="BSW rewiring probability in [0, 1]")
@@ -53,6 +53,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--batch-tokens", type=int, default=None, help="tokens per batch (source + target)")
     tr.add_argument("--beam", type=int, default=None, help="beam size of the decoder (default 2)")
     tr.add_argument("--label-smoothing", type=float, default=None)
+    tr.add_argument("--vocab-size", type=int, default=None, help="joint sentencepiece vocabulary size (default 5000)")
+    tr.add_argument("--source", default=None, help="source language code (default: the corpus's, en for multi30k)")
+    tr.add_argument("--target", default=None, help="target language code (default: de for multi30k)")
     lm = p.add_argument_group("lm")
     lm.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -95,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
     bench.add_argument("--dataset", default="mnist", help="dataset of the epoch benchmark")
     bench.add_argument("--data-dir", default=None)
+
+    tr = sub.add_parser("translate", help="translate a file of sentences with a finished translation run")
+    tr.add_argument("run", help="translation run folder (holds checkpoint.pt, vocab.model)")
+    tr.add_argument("--input", default="-", help="file with one source sentence per line (default: stdin)")
+    tr.add_argument("--output", default="-", help="where to write the translations (default: stdout)")
+    tr.add_argument("--beam", type=int, default=None, help="beam size (default: the run's)")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     sub.add_parser("methods", help="list the method presets and their settings")
     return parser
@@ -181,6 +191,31 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _translate(args: argparse.Namespace) -> int:
+    from .train.common import set_threads
+    from .train.checkpoint import write_text
+    from .train.translation import translate_lines
+
+    set_threads(args.threads)
+    if args.beam is not None and args.beam < 1:
+        raise BrainsparseError(f"beam {args.beam!r} is invalid; allowed: a positive integer")
+    if args.input == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise BrainsparseError(f"input file '{path}' does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    hyps = translate_lines(args.run, lines, beam=args.beam)
+    text = "".join(h + "\n" for h in hyps)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        write_text(Path(args.output), text)
+        print(f"{len(hyps)} translations written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def _methods() -> int:
     from .methods import PRESETS, MethodConfig
 
@@ -202,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "translate":
+            return _translate(args)
         if args.command == "bench":
             return _bench(args)
         return _methods()

@@ -57,6 +57,11 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _relative_pct(value: float, reference: float) -> float | None:
+    """100 · (value / reference − 1); None when the reference is zero."""
+    return 100 * (value / reference - 1) if reference else None
+
+
 def _curves(folder: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r[key] for r in rows if r.get(key) is not None]
@@ -116,8 +121,8 @@ def compare(
     if "dense" in table:
         dense = table["dense"]
         for row in table.values():
-            row["score_vs_dense_pct"] = 100 * (row["final_score"]["mean"] / dense["final_score"]["mean"] - 1)
-            row["aae_vs_dense_pct"] = 100 * (row["aae"]["mean"] / dense["aae"]["mean"] - 1)
+            row["score_vs_dense_pct"] = _relative_pct(row["final_score"]["mean"], dense["final_score"]["mean"])
+            row["aae_vs_dense_pct"] = _relative_pct(row["aae"]["mean"], dense["aae"]["mean"])
 
     result = {
         "task": {k: v for k, v in dataclasses.asdict(base).items() if k not in _RUN_KEYS_IGNORED},

@@ -20,6 +20,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataNotFoundError
@@ -36,6 +38,8 @@ __all__ = [
     "dataset_files",
     "find_dataset",
     "download_dataset",
+    "register_dataset",
+    "TextDatasetInfo",
 ]
 
 #: environment variable naming folder(s) that hold datasets.
@@ -51,7 +55,35 @@ DOWNLOAD_TIMEOUT = 30.0
 _urlopen = urllib.request.urlopen
 
 
+#: datasets other than the MNIST family (text corpora), by name: objects with the attributes
+#: ``name``, ``files`` (role → file name without ``.gz``), ``url`` (None: no download),
+#: ``how_to_get``, ``system_names``, ``subdirs`` and ``checksums``.
+_REGISTERED: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class TextDatasetInfo:
+    """Where a text corpus's files are and how to get them (for :func:`register_dataset`)."""
+
+    name: str
+    #: role (e.g. "train_src") → file name without ``.gz``; accepted with or without ``.gz``.
+    files: Mapping[str, str]
+    how_to_get: str
+    url: str | None = None
+    system_names: tuple[str, ...] = ()
+    subdirs: tuple[str, ...] = ()
+    checksums: Mapping[str, tuple[str | None, str | None, int | None]] = field(default_factory=dict)
+    test_labels_sha256: str | None = None
+
+
+def register_dataset(info) -> None:
+    """Make :func:`find_dataset` know a dataset described by ``info`` (see :data:`_REGISTERED`)."""
+    _REGISTERED[info.name] = info
+
+
 def _info(name):
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     from .mnist import dataset_info
 
     return dataset_info(name)

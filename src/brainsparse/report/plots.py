@@ -24,6 +24,16 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     return path
 
 
+def _topology_panel(ax, xs: Sequence[float], metrics: Sequence[dict[str, Any]], xlabel: str) -> None:
+    ax.plot(xs, [m["active_neuron_rate"] for m in metrics], marker="o", label="active-neuron rate")
+    ax.plot(xs, [m["density"] for m in metrics], marker=".", linestyle="--", label="density (sparse layers)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("topology")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def plot_training_curves(metrics: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Two panels over epochs: train/test accuracy and active-neuron rate with density."""
     epochs = [m["epoch"] for m in metrics]
@@ -35,13 +45,30 @@ def plot_training_curves(metrics: Sequence[dict[str, Any]], path: Path, title: s
     ax_acc.set_title("accuracy")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
-    ax_anp.plot(epochs, [m["active_neuron_rate"] for m in metrics], marker="o", label="active-neuron rate")
-    ax_anp.plot(epochs, [m["density"] for m in metrics], marker=".", linestyle="--", label="density (sparse layers)")
-    ax_anp.set_xlabel("epoch")
-    ax_anp.set_ylim(0, 1.05)
-    ax_anp.set_title("topology")
-    ax_anp.grid(alpha=0.3)
-    ax_anp.legend()
+    _topology_panel(ax_anp, epochs, metrics, "epoch")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_step_curves(
+    metrics: Sequence[dict[str, Any]], path: Path, score: str, title: str = "", log_score: bool = False
+) -> Path:
+    """Three panels over optimizer steps: train loss, the validation ``score`` (e.g. BLEU or
+    perplexity, on a log axis with ``log_score``) and active-neuron rate with density."""
+    steps = [m["step"] for m in metrics]
+    fig, (ax_loss, ax_score, ax_anp) = plt.subplots(1, 3, figsize=(14, 4))
+    ax_loss.plot(steps, [m["train_loss"] for m in metrics], marker="o")
+    ax_loss.set_title("train loss")
+    ax_score.plot(steps, [m[score] for m in metrics], marker="o")
+    ax_score.set_title(score.replace("_", " "))
+    if log_score:
+        ax_score.set_yscale("log")
+    for ax in (ax_loss, ax_score):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    _topology_panel(ax_anp, steps, metrics, "step")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
