@@ -178,3 +178,18 @@ def test_hf_model_trains_in_the_task(ptb_dir, tmp_path):
     summary = train_language_model(small_config(ptb_dir, model="hf-llama-tiny", steps=4, eval_every=4, update_every=2),
                                    tmp_path / "hf", progress=False)
     assert summary["steps_completed"] == 4 and len(summary["links"]) == 14
+
+
+def test_character_corpus_trains(tmp_path):
+    folder = tmp_path / "tinyshakespeare"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    letters = "abcdefgh \n"
+    (folder / "input.txt").write_text("".join(letters[int(i)] for i in torch.randint(0, 10, (4000,), generator=g)))
+    corpus = load_corpus("shakespeare", tmp_path)
+    assert corpus.level == "char" and corpus.vocab_size == 10
+    assert [corpus.splits[s].numel() for s in ("train", "valid", "test")] == [3600, 200, 200]
+    config = LMConfig(dataset="tinyshakespeare", data_dir=str(tmp_path), method="set", steps=2, eval_every=2,
+                      update_every=1, batch_size=4, seq_len=16)
+    summary = train_language_model(config, tmp_path / "run", progress=False)
+    assert summary["unit"] == "char" and summary["test_bpc"] > 0 and "test_word_ppl" in summary
