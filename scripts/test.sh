@@ -8,4 +8,7 @@ scripts/setup.sh test
 if [ -z "${BRAINSPARSE_TEST_DATA:-}" ] && [ -d ../shared/data ]; then
   export BRAINSPARSE_TEST_DATA="$(cd ../shared/data && pwd)"
 fi
+# The tests train tiny models: one thread each is fastest, and immune to the thread thrashing
+# that a busy machine inflicts on multi-threaded tiny ops (set OMP_NUM_THREADS to override).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python3 -m pytest -q "$@"
