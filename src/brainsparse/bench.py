@@ -120,7 +120,10 @@ def bench_scoring(
                 row["exact_s"] = _median_time(lambda: ch_l3_exact(mask, "CH3"), reps, warmup=0 if reps == 1 else 1)
             else:
                 row["exact_s"] = None  # skipped: cost grows with the number of L3 paths
-            row["matrix_sparse_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=True), repeats, 1)
+            # the sparse route's work grows like the walks (≈ paths); one run where that is huge
+            reps = 1 if paths > 1e11 else repeats
+            row["matrix_sparse_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=True), reps,
+                                                  0 if reps == 1 else 1)
             if backend() == "cpp" and n <= max_torch_n and paths <= max_torch_paths:
                 reps = 1 if paths > 2e8 else repeats
                 with use_backend("torch"):
