@@ -192,6 +192,9 @@ def test_translation_run_end_to_end(corpus, tmp_path):
         for name, layer in r["layers"].items():
             assert layer["links"] == layer["target"], name
     assert [r["updates"] for r in rows] == [2, 1]  # steps 3, 6 | 9 (none at T_end = 12)
+    updates = [json.loads(line) for line in (out / "updates.jsonl").read_text().splitlines()]
+    assert [u["step"] for u in updates] == [3, 6, 9]
+    assert all(v["removed"] == v["regrown"] for u in updates for v in u["layers"].values())
     assert summary["test_bleu"] >= 0 and summary["density"] == 0.2
     assert len((out / "test.hyp.de").read_text().splitlines()) == 30
     assert not any("generator" in n or "embed" in n for n in rows[0]["layers"])

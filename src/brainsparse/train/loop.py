@@ -81,8 +81,9 @@ def run_steps(
     """Train ``run`` up to ``steps`` optimizer steps; returns (history, wall time in seconds).
 
     Every ``eval_every`` steps and at the last step, one metrics row (train loss, learning
-    rate, ``run.evaluate()``, the network's topology) is appended to ``out/metrics.jsonl`` and
-    ``out/checkpoint.pt`` is rewritten. ``state`` is a loaded checkpoint to resume from.
+    rate, ``run.evaluate()``, the network's topology) is appended to ``out/metrics.jsonl``, every
+    topology update so far is written to ``out/updates.jsonl`` (step, drop fraction, temperature,
+    per-layer removed/regrown/overlap) and ``out/checkpoint.pt`` is rewritten. ``state`` is a loaded checkpoint to resume from.
     ``stop_after_evals`` stops after that many evaluations of this call (an interrupted run).
 
     Distributed runs (see :mod:`brainsparse.train.distributed`): only the process with
@@ -114,7 +115,7 @@ def run_steps(
             group["lr"] = lr
         run.optimizer.zero_grad(set_to_none=True)
         loss, n = run.loss_of(batch)
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise BrainsparseError(f"the training loss became {float(loss)} at step {step}; lower --lr")
         loss.backward()
         if run.grad_clip:
@@ -125,7 +126,7 @@ def run_steps(
         update = run.engine.step()
         if after_engine_step is not None:
             after_engine_step(update)
-        loss_sum += float(loss) * n
+        loss_sum += float(loss.detach()) * n
         items += n
         bar.update(1)
         if step % 20 == 0:
@@ -147,6 +148,7 @@ def run_steps(
                      "rng_state": torch.get_rng_state(), "config": config},
                 )
                 write_jsonl(out / "metrics.jsonl", history)
+                write_jsonl(out / "updates.jsonl", run.engine.history)  # one row per topology update
             if progress and is_writer:
                 tqdm.write(describe(record) if describe else f"step {step}/{steps}: " + ", ".join(
                     f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))

@@ -2,7 +2,7 @@
 
 The run folder holds ``config.json``, ``vocab.model`` (the sentencepiece vocabulary trained on
 the training split), ``metrics.jsonl`` (one row per evaluation: train loss, validation loss,
-perplexity and BLEU, the topology), ``checkpoint.pt``, ``summary.json`` (test BLEU),
+perplexity and BLEU, the topology), ``updates.jsonl`` (one row per topology update), ``checkpoint.pt``, ``summary.json`` (test BLEU),
 ``test.hyp.<tgt>`` (the test set's translations) and ``curves.png``.
 """
 
@@ -32,7 +32,7 @@ from .common import clear_run_folder, prepare_run_folder
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
 
-RUN_FILES = ("config.json", "vocab.model", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
+RUN_FILES = ("config.json", "vocab.model", "metrics.jsonl", "updates.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
 
 @dataclass
