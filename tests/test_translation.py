@@ -261,3 +261,21 @@ def test_bad_translation_settings_are_named(corpus):
         with pytest.raises(BrainsparseError, match=text):
             tiny_config(corpus, **kw).validate()
     assert math.isfinite(noam(10, 32, 4))
+
+
+def test_iwslt_layout_and_presets(tmp_path):
+    root = tmp_path / "iwslt14"
+    root.mkdir()
+    for split in ("train", "valid", "test"):
+        (root / f"{split}.de").write_text("ein hund\nder ball\n")
+        (root / f"{split}.en").write_text("a dog\nthe ball\n")
+    splits = load_parallel("iwslt14", str(tmp_path))
+    assert splits["test"] == (["ein hund", "der ball"], ["a dog", "the ball"])  # de → en by default
+    (root / "valid.en").write_text("a dog\n")
+    with pytest.raises(BrainsparseError, match="1 target lines"):
+        load_parallel("iwslt14", str(tmp_path))
+    cfg = transformer_config("multi30k", 100)
+    assert (cfg.layers, cfg.d_model, cfg.heads, cfg.ffn, cfg.dropout) == (6, 512, 8, 1024, 0.1)  # algorithms.md §9
+    assert transformer_config("base", 100).ffn == 2048
+    with pytest.raises(BrainsparseError, match="not divisible"):
+        transformer_config("tiny", 100, heads=3)
