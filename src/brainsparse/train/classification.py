@@ -8,7 +8,6 @@ continues from the checkpoint and reproduces the uninterrupted run exactly on CP
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,13 +25,13 @@ from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .common import clear_run_folder, prepare_run_folder, topology_record
+from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, topology_record
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Settings of one classification run (defaults: the papers' MLP recipe, algorithms.md §9)."""
 
     SCORE: ClassVar[str] = "final_test_accuracy"
@@ -90,22 +89,7 @@ class TrainConfig:
 
     def method_overrides(self) -> dict[str, Any]:
         """Options that change the method preset."""
-        out: dict[str, Any] = {}
-        if self.init is not None:
-            out["init"] = self.init.lower()
-        params = {k: v for k, v in (("beta", self.beta), ("r", self.r)) if v is not None}
-        if params:
-            out["init_params"] = params
-        if self.drop_fraction is not None:
-            out["drop_fraction"] = self.drop_fraction
-        if self.regrowth_exact is not None:
-            out["regrowth_exact"] = self.regrowth_exact
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return method_option_overrides(self)
 
 
 def _load_data(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
@@ -203,12 +187,7 @@ def train_classifier(
     simulate an interrupted run); the folder then resumes with ``resume=True``.
     """
     out = Path(out)
-    if resume:
-        prepare_run_folder(out, RUN_FILES, resume=True, overwrite=False)
-        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    config.validate()
-    if not resume:
-        prepare_run_folder(out, RUN_FILES, resume=False, overwrite=overwrite)
+    config = open_run(config, out, RUN_FILES, resume, overwrite)
 
     # Everything that can fail on bad input happens before the run folder is touched.
     train_x, train_y, test_x, test_y, n_classes = _load_data(config)

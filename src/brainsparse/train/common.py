@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,3 +73,40 @@ def set_threads(threads: int | None) -> None:
     if not isinstance(threads, int) or threads < 1:
         raise BrainsparseError(f"threads {threads!r} is not a positive integer")
     torch.set_num_threads(threads)
+
+
+def method_option_overrides(config: Any) -> dict[str, Any]:
+    """Preset overrides from a task config's generic options (``init``, ``beta``, ``r``,
+    ``drop_fraction``, ``regrowth_exact``; those left None change nothing)."""
+    out: dict[str, Any] = {}
+    if getattr(config, "init", None) is not None:
+        out["init"] = config.init.lower()
+    params = {k: getattr(config, k) for k in ("beta", "r") if getattr(config, k, None) is not None}
+    if params:
+        out["init_params"] = params
+    for key in ("drop_fraction", "regrowth_exact"):
+        if getattr(config, key, None) is not None:
+            out[key] = getattr(config, key)
+    return out
+
+
+class ConfigDict:
+    """Mixin of task configs (dataclasses): build one from a stored ``config.json`` dict."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def open_run(config: Any, out: Path, files: Sequence[str], resume: bool, overwrite: bool) -> Any:
+    """The config a run goes on with: on resume the one stored in ``out/config.json``, else
+    ``config``; validated, and ``out`` checked, before anything is written."""
+    out = Path(out)
+    if resume:
+        prepare_run_folder(out, files, resume=True, overwrite=False)
+        config = type(config).from_dict(json.loads((out / "config.json").read_text()))
+    config.validate()
+    if not resume:
+        prepare_run_folder(out, files, resume=False, overwrite=overwrite)
+    return config

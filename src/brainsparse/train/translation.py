@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from .._validation import check_density, check_positive_int, check_unit_interval
@@ -28,7 +28,7 @@ from ..models.decoding import beam_search
 from ..models.transformer import PRESETS, Seq2SeqTransformer, transformer_config
 from ..report.plots import plot_step_curves
 from .checkpoint import load_checkpoint, write_json, write_text
-from .common import clear_run_folder, prepare_run_folder
+from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
 
@@ -36,7 +36,7 @@ RUN_FILES = ("config.json", "vocab.model", "metrics.jsonl", "updates.jsonl", "ch
 
 
 @dataclass
-class TranslationConfig:
+class TranslationConfig(ConfigDict):
     """Settings of one translation run (defaults: a small model that trains on 2 CPU cores; the
     spec's Multi30k recipe is ``model="multi30k"``, batch 1024 tokens, 20k steps, warm-up 3000,
     lr 0.25, update every 200 steps — algorithms.md §9)."""
@@ -105,25 +105,10 @@ class TranslationConfig:
     def method_overrides(self) -> dict[str, Any]:
         """Options that change the method preset (CSTI needs input features, which token ids are
         not: a preset asking for it starts from BSW instead unless ``init`` says otherwise)."""
-        out: dict[str, Any] = {}
-        init = self.init.lower() if self.init else None
-        if init is None and resolve_method(self.method).init == "csti":
-            init = "bsw"
-        if init is not None:
-            out["init"] = init
-        params = {k: v for k, v in (("beta", self.beta), ("r", self.r)) if v is not None}
-        if params:
-            out["init_params"] = params
-        if self.drop_fraction is not None:
-            out["drop_fraction"] = self.drop_fraction
-        if self.regrowth_exact is not None:
-            out["regrowth_exact"] = self.regrowth_exact
+        out = method_option_overrides(self)
+        if self.init is None and resolve_method(self.method).init == "csti":
+            out["init"] = "bsw"
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TranslationConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def update_interval(self) -> int:
@@ -282,12 +267,7 @@ def train_translation(
     """Train, validate (loss, perplexity, BLEU) every ``eval_every`` steps, checkpoint, then
     translate the test set; returns the summary (test BLEU with beam ``config.beam``)."""
     out = Path(out)
-    if resume:
-        prepare_run_folder(out, RUN_FILES, resume=True, overwrite=False)
-        config = TranslationConfig.from_dict(json.loads((out / "config.json").read_text()))
-    config.validate()
-    if not resume:
-        prepare_run_folder(out, RUN_FILES, resume=False, overwrite=overwrite)
+    config = open_run(config, out, RUN_FILES, resume, overwrite)
 
     vocab = Vocabulary.load(out / "vocab.model") if resume else None
     data = prepare_data(config, vocab)
