@@ -338,7 +338,8 @@ def train_language_model(
 
 
 def _title(config: LMConfig) -> str:
-    return f"{config.model} on {config.dataset}: {config.method}, density {config.density:g}, seed {config.seed}"
+    density = "" if config.method == "dense" else f", density {config.density:g}"
+    return f"{config.model} on {config.dataset}: {config.method}{density}, seed {config.seed}"
 
 
 def summarize(config: LMConfig, corpus: Corpus, history: list[dict[str, Any]], wall: float,
