@@ -58,6 +58,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--target", default=None, help="target language code (default: de for multi30k)")
     lm = p.add_argument_group("lm")
     lm.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
+    p.add_argument("--device", default=None, help="auto (the GPU when present, default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

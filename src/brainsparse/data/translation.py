@@ -172,6 +172,9 @@ class Batch:
     tgt_out: Tensor
     n_tokens: int
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.n_tokens)
+
 
 def pad(seqs: Sequence[Sequence[int]]) -> Tensor:
     """(len(seqs), max length) tensor of ``seqs`` right-padded with PAD."""

@@ -25,7 +25,7 @@ from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, topology_record
+from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device, topology_record
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
@@ -63,6 +63,7 @@ class TrainConfig(ConfigDict):
     eval_batch_size: int = 1000
     data_dir: str | None = None
     kernel: str = "auto"  # auto | dense | sparse: execution of the sparse layers
+    device: str = "auto"  # auto (GPU when present) | cpu | cuda | cuda:N
 
     def validate(self) -> None:
         """Raise :class:`BrainsparseError` naming the first bad value."""
@@ -75,6 +76,7 @@ class TrainConfig(ConfigDict):
             check_positive_int(self.train_subset, "train_subset")
         if self.kernel not in ("dense", "sparse", "auto"):
             raise BrainsparseError(f"unknown kernel {self.kernel!r}; allowed: auto, dense, sparse")
+        resolve_device(self.device)
         if self.init is not None and self.init.lower() not in INITS:
             raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.beta is not None:
@@ -131,7 +133,7 @@ class _Run:
 
     def __init__(self, config: TrainConfig, in_features: int, n_classes: int, steps_per_epoch: int, init_data: Tensor):
         torch.manual_seed(config.seed)
-        self.model = MLP([in_features, *config.hidden, n_classes])
+        self.model = MLP([in_features, *config.hidden, n_classes]).to(init_data.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
@@ -191,6 +193,8 @@ def train_classifier(
 
     # Everything that can fail on bad input happens before the run folder is touched.
     train_x, train_y, test_x, test_y, n_classes = _load_data(config)
+    device = resolve_device(config.device)
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
     steps_per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
     init_data = train_x[: config.csti_samples]
     run = _Run(config, train_x.shape[1], n_classes, steps_per_epoch, init_data)

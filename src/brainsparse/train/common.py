@@ -110,3 +110,20 @@ def open_run(config: Any, out: Path, files: Sequence[str], resume: bool, overwri
     if not resume:
         prepare_run_folder(out, files, resume=False, overwrite=overwrite)
     return config
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → the GPU when one is present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``."""
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BrainsparseError(f"device {name!r} asked for, but this torch build sees no GPU; allowed here: auto, cpu")
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            raise BrainsparseError(f"device {name!r} is invalid; allowed: auto, cpu, cuda, cuda:N") from None
+    raise BrainsparseError(f"device {name!r} is invalid; allowed: auto, cpu, cuda, cuda:N")

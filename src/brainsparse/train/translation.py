@@ -28,7 +28,7 @@ from ..models.decoding import beam_search
 from ..models.transformer import PRESETS, Seq2SeqTransformer, transformer_config
 from ..report.plots import plot_step_curves
 from .checkpoint import load_checkpoint, write_json, write_text
-from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run
+from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
 
@@ -74,6 +74,7 @@ class TranslationConfig(ConfigDict):
     r: float | None = None
     regrowth_exact: bool | None = None
     kernel: str = "dense"  # auto | dense | sparse
+    device: str = "auto"  # auto (GPU when present) | cpu | cuda | cuda:N
     train_subset: int | None = None
     data_dir: str | None = None
 
@@ -89,6 +90,7 @@ class TranslationConfig(ConfigDict):
             raise BrainsparseError(f"unknown translation model {self.model!r}; allowed: {', '.join(PRESETS)}")
         if self.kernel not in ("dense", "sparse", "auto"):
             raise BrainsparseError(f"unknown kernel {self.kernel!r}; allowed: auto, dense, sparse")
+        resolve_device(self.device)
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise BrainsparseError(f"lr {self.lr!r} is invalid; allowed: a positive number")
         if not 0 <= self.label_smoothing < 1:
@@ -170,7 +172,7 @@ def translate_ids(
     limit = model.cfg.max_positions - 1
     for start in range(0, len(order), batch_sentences):
         idx = order[start : start + batch_sentences]
-        src = make_batch([sources[i][:limit] for i in idx], [[] for _ in idx]).src
+        src = make_batch([sources[i][:limit] for i in idx], [[] for _ in idx]).src.to(next(model.parameters()).device)
         for i, hyp in zip(idx, beam_search(model, src, beam, BOS, EOS)):
             out[i] = hyp
     return out
@@ -189,7 +191,7 @@ def validation_loss(model: Seq2SeqTransformer, src: list[list[int]], tgt: list[l
     model.eval()
     total, count = 0.0, 0
     for idx in token_batches(src, tgt, batch_tokens):
-        b = make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+        b = make_batch([src[i] for i in idx], [tgt[i] for i in idx]).to(next(model.parameters()).device)
         logits = model(b.src, b.tgt_in)
         total += float(F.cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), ignore_index=PAD, reduction="sum"))
         count += b.n_tokens
@@ -202,7 +204,8 @@ class _TranslationRun:
     def __init__(self, config: TranslationConfig, data: TranslationData):
         torch.manual_seed(config.seed)
         self.config, self.data = config, data
-        self.model = build_model(config, len(data.vocab))
+        self.device = resolve_device(config.device)
+        self.model = build_model(config, len(data.vocab)).to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay
         )
@@ -224,7 +227,7 @@ class _TranslationRun:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100003 + epoch))
         idx = self.data.batches[int(order[i])]
         src, tgt = self.data.train
-        return make_batch([src[j] for j in idx], [tgt[j] for j in idx])
+        return make_batch([src[j] for j in idx], [tgt[j] for j in idx]).to(self.device)
 
     def loss_of(self, batch: Batch) -> tuple[Tensor, int]:
         logits = self.model(batch.src, batch.tgt_in)
@@ -336,7 +339,7 @@ def load_translator(run_folder: str | Path) -> tuple[Seq2SeqTransformer, Vocabul
         raise BrainsparseError(f"'{folder}' holds a run of another task, not translation")
     vocab = Vocabulary.load(folder / "vocab.model")
     torch.manual_seed(config.seed)
-    model = build_model(config, len(vocab))
+    model = build_model(config, len(vocab)).to(resolve_device(config.device))
     engine = sparsify(
         model, None, method=resolve_method(config.method, **config.method_overrides()), density=config.density,
         update_every=config.update_interval, total_steps=config.steps, pairs=model.sparse_pairs(),
