@@ -100,6 +100,8 @@ def run_steps(
         run.load_state_dict(state)
         history, step, wall = list(state["history"]), int(state["step"]), float(state["wall_time_s"])
         torch.set_rng_state(state["rng_state"])
+        if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng_state"])  # dropout on the GPU
     loss_sum, items, evals = 0.0, 0, 0
     updates_before = len(run.engine.history)
     t0 = time.perf_counter()
@@ -145,7 +147,9 @@ def run_steps(
                 save_checkpoint(
                     out / "checkpoint.pt",
                     {**run.state_dict(), "step": step, "history": history, "wall_time_s": wall,
-                     "rng_state": torch.get_rng_state(), "config": config},
+                     "rng_state": torch.get_rng_state(),
+                     "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                     "config": config},
                 )
                 write_jsonl(out / "metrics.jsonl", history)
                 write_jsonl(out / "updates.jsonl", run.engine.history)  # one row per topology update
