@@ -22,6 +22,7 @@ Running some parts into a folder that already holds a ``bench.json`` of the same
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -198,7 +199,8 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "sparse_backend": backend()},
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "sparse_backend": backend(),
+                    "load_average_start": _load_average()},
         "quick": quick,
     }
     if "layers" in parts:
@@ -215,10 +217,19 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
         result["memory"] = bench_memory()
     if "epoch" in parts:
         result["epoch"] = bench_epoch(dataset=dataset, data_dir=data_dir, train_subset=6000 if quick else None)
+    result["machine"]["load_average_end"] = _load_average()
     _carry_over(out / "bench.json", result, parts)
     write_json(out / "bench.json", result)
     write_text(out / "bench.md", markdown(result))
     return result
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other jobs sharing the cores inflate every timing)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _carry_over(path: Path, result: dict[str, Any], parts: Sequence[str]) -> None:
@@ -245,7 +256,10 @@ def _fmt(seconds: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The benchmark result as Markdown tables."""
     m = result["machine"]
-    lines = [f"Machine: {m['platform']}, torch {m['torch']}, {m['threads']} threads, sparse backend `{m['sparse_backend']}`.", ""]
+    load = ""
+    if m.get("load_average_start") is not None:
+        load = f" 1-minute load average {m['load_average_start']} at the start, {m.get('load_average_end')} at the end."
+    lines = [f"Machine: {m['platform']}, torch {m['torch']}, {m['threads']} threads, sparse backend `{m['sparse_backend']}`.{load}", ""]
     if result.get("carried_over"):
         lines += [f"Parts kept from an earlier run: {', '.join(result['carried_over']['parts'])}.", ""]
     if "layers" in result:
