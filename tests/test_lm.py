@@ -142,6 +142,7 @@ def test_registry_and_config_roundtrip(ptb_dir):
         ({"init": "csti"}, "init 'csti' needs input features"),
         ({"kernel": "gpu"}, "unknown kernel 'gpu'"),
         ({"lr": -1.0}, "lr -1.0 is invalid"),
+        ({"device": "tpu"}, "device 'tpu' is invalid"),
         ({"method": "magic"}, "magic"),
     ],
 )

@@ -49,17 +49,23 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(timeout_s: float = 1800.0) -> DistContext:
+def env_rank() -> int:
+    """This process's rank as ``torchrun`` sets it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_distributed(cuda: bool = True, timeout_s: float = 1800.0) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
-    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...): NCCL when CUDA is there, gloo otherwise.
-    Without those variables (or with ``WORLD_SIZE=1``) returns the single-process context."""
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...): NCCL on ``cuda:LOCAL_RANK`` when CUDA is there
+    and ``cuda`` is true, gloo on the CPU otherwise. Without those variables (or with
+    ``WORLD_SIZE=1``) returns the single-process context."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     if dist.is_initialized():
         backend = dist.get_backend()
     else:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cpu")

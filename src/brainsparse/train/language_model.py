@@ -33,7 +33,7 @@ from ..models.llama import llama_config, llama_sparse_layout
 from ..report.plots import plot_step_curves
 from . import distributed as dd
 from .checkpoint import load_checkpoint, write_json
-from .common import clear_run_folder, prepare_run_folder
+from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device
 from .loop import StepRun, run_steps
 from .lr import warmup_cosine
 
@@ -45,7 +45,7 @@ _CH_LLAMA = {"drop_schedule": "cosine", "removal_temperature": (1.0, 9.0), "regr
 
 
 @dataclass
-class LMConfig:
+class LMConfig(ConfigDict):
     """Settings of one language-model run. Defaults: ``llama-tiny`` on PTB, sized to train on
     2 CPU cores in under half an hour; the spec's LLaMA recipe (AdamW lr 3e-3, ζ = 0.1 cosine,
     update every 100 steps, density 0.3 / 0.1) with a lower peak lr for the tiny model."""
@@ -80,6 +80,7 @@ class LMConfig:
     regrowth_exact: bool | None = None
     weight_init: str = "keep"  # the model's own N(0, 0.02²) initialisation, masked
     kernel: str = "auto"  # auto | dense | sparse (dense under torchrun)
+    device: str = "auto"  # auto (GPU when present) | cpu | cuda | cuda:N; under torchrun: cuda:LOCAL_RANK or cpu
     train_subset: int | None = None  # train on the first N tokens only
     eval_batch_size: int = 32
     data_dir: str | None = None
@@ -107,6 +108,7 @@ class LMConfig:
             raise BrainsparseError(f"dropout {self.dropout!r} is invalid; allowed: [0, 1)")
         if self.kernel not in ("auto", "dense", "sparse"):
             raise BrainsparseError(f"unknown kernel {self.kernel!r}; allowed: auto, dense, sparse")
+        resolve_device(self.device)
         if self.init is not None and self.init.lower() not in INITS:
             raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.init is not None and self.init.lower() == "csti":
@@ -119,24 +121,11 @@ class LMConfig:
 
     def method_overrides(self) -> dict[str, Any]:
         """The LLaMA settings of the spec and the options that change the method preset."""
-        out: dict[str, Any] = {"drop_fraction": self.drop_fraction}
-        if self.method in ("cht", "chts", "chtss"):
-            out.update(_CH_LLAMA)
+        out: dict[str, Any] = dict(_CH_LLAMA) if self.method in ("cht", "chts", "chtss") else {}
         if self.method not in ("dense", "neuroprune"):
             out["weight_init"] = self.weight_init
-        if self.init is not None:
-            out["init"] = self.init.lower()
-        params = {k: v for k, v in (("beta", self.beta), ("r", self.r)) if v is not None}
-        if params:
-            out["init_params"] = params
-        if self.regrowth_exact is not None:
-            out["regrowth_exact"] = self.regrowth_exact
+        out.update(method_option_overrides(self))
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LMConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def build_model(config: LMConfig, vocab_size: int) -> nn.Module:
@@ -304,13 +293,15 @@ def train_language_model(
     ``resume=True``, on any number of processes).
     """
     out = Path(out)
-    ctx = dd.init_distributed()
-    if resume:
-        prepare_run_folder(out, RUN_FILES, resume=True, overwrite=False)
-        config = LMConfig.from_dict(json.loads((out / "config.json").read_text()))
-    config.validate()
-    if not resume and ctx.is_main:
-        prepare_run_folder(out, RUN_FILES, resume=False, overwrite=overwrite)
+    if dd.env_rank() == 0:  # checks the folder before anything is written
+        config = open_run(config, out, RUN_FILES, resume, overwrite)
+    else:  # rank 0 may already be writing the folder: only read the stored config
+        config = LMConfig.from_dict(json.loads((out / "config.json").read_text())) if resume else config
+        config.validate()
+    device = resolve_device(config.device)
+    ctx = dd.init_distributed(cuda=device.type == "cuda")
+    if not ctx.distributed:
+        ctx = dataclasses.replace(ctx, device=device)
     corpus = load_corpus(config.dataset, config.data_dir)
     run = _LMRun(config, corpus, ctx)
     state = None
