@@ -106,7 +106,7 @@ def _strip_times(rows):
 def test_run_folder_and_resume(ptb_dir, tmp_path):
     config = small_config(ptb_dir)
     full = train_language_model(config, tmp_path / "full", progress=False)
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png"):
+    for name in ("config.json", "metrics.jsonl", "updates.jsonl", "checkpoint.pt", "summary.json", "curves.png"):
         assert (tmp_path / "full" / name).exists(), name
     assert full["steps_completed"] == 12 and full["unit"] == "word"
     assert 1.0 < full["test_ppl"] < 100 and full["best_valid_ppl"] <= full["final_valid_ppl"]

@@ -1,7 +1,7 @@
 """Training a LLaMA-style language model with any method, into a run folder; also under torchrun.
 
 The run folder holds ``config.json``, ``metrics.jsonl`` (one row per evaluation: train loss,
-validation perplexity, the topology), ``checkpoint.pt`` (atomic, resumable on any number of
+validation perplexity, the topology), ``updates.jsonl`` (one row per topology update), ``checkpoint.pt`` (atomic, resumable on any number of
 processes), ``summary.json`` (validation and test perplexity, per word for PTB, per character
 for Tiny Shakespeare) and ``curves.png``.
 
@@ -37,7 +37,7 @@ from .common import ConfigDict, clear_run_folder, method_option_overrides, open_
 from .loop import StepRun, run_steps
 from .lr import warmup_cosine
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "updates.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 MODELS = (*LLAMA_PRESETS, "hf-llama-tiny")
 #: the spec's LLaMA settings for the Cannistraci-Hebb methods (algorithms.md §9): cosine-annealed
 #: ζ, soft removal temperature 1 → 9, CH2-L3 in matrix form
