@@ -25,7 +25,7 @@ from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device, topology_record
+from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device, restore_training_state, topology_record
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
@@ -168,9 +168,7 @@ class _Run:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state["engine"])  # first: sizes the sparse layers' link values
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        restore_training_state(state, self.engine, self.model, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
 
 

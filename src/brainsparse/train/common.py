@@ -127,3 +127,11 @@ def resolve_device(name: str) -> torch.device:
         except RuntimeError:
             raise BrainsparseError(f"device {name!r} is invalid; allowed: auto, cpu, cuda, cuda:N") from None
     raise BrainsparseError(f"device {name!r} is invalid; allowed: auto, cpu, cuda, cuda:N")
+
+
+def restore_training_state(state: dict[str, Any], engine: DynamicSparseEngine, model, optimizer) -> None:
+    """Load a checkpoint's engine, model and optimizer state, the engine first (it sizes the
+    sparse layers' link values, which the model and optimizer state then fill)."""
+    engine.load_state_dict(state["engine"])
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])

@@ -270,13 +270,6 @@ def ppl_metrics(split: str, nll: float, count: int, corpus: Corpus) -> dict[str,
     return out
 
 
-def _describe(steps: int):
-    def describe(r: dict[str, Any]) -> str:
-        return (f"step {r['step']}/{steps}: train loss {r['train_loss']:.4f}, valid ppl {r['valid_ppl']:.2f}, "
-                f"density {r['density']:.4f}, active neurons {r['active_neuron_rate']:.3f}, {r['time_s']:.1f}s")
-    return describe
-
-
 def train_language_model(
     config: LMConfig,
     out: str | Path,
@@ -314,7 +307,7 @@ def train_language_model(
         write_json(out / "config.json", dataclasses.asdict(config))
     history, wall = run_steps(
         run.step_run(), steps=config.steps, eval_every=config.eval_every, out=out, config=dataclasses.asdict(config),
-        state=state, progress=progress, stop_after_evals=stop_after_evals, describe=_describe(config.steps),
+        state=state, progress=progress, stop_after_evals=stop_after_evals, progress_keys=(("valid_ppl", "valid ppl"),),
         is_writer=ctx.is_main, before_engine_step=run.before_engine_step, after_engine_step=run.after_engine_step,
     )
     done = bool(history) and history[-1]["step"] == config.steps

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..engine import DynamicSparseEngine
 from ..errors import BrainsparseError
 from .checkpoint import save_checkpoint, write_jsonl
-from .common import topology_record
+from .common import restore_training_state, topology_record
 
 
 @dataclass
@@ -53,9 +53,15 @@ class StepRun:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state["engine"])  # first: sizes the sparse layers' link values
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        restore_training_state(state, self.engine, self.model, self.optimizer)
+
+
+def progress_line(record: dict[str, Any], steps: int, keys: Sequence[tuple[str, str]] = ()) -> str:
+    """One line per evaluation: step, train loss, the ``(key, label)`` metrics, topology, time."""
+    metrics = "".join(f", {label} {record[key]:.2f}" for key, label in keys if record.get(key) is not None)
+    return (f"step {record['step']}/{steps}: train loss {record['train_loss']:.4f}{metrics}, "
+            f"density {record['density']:.4f}, active neurons {record['active_neuron_rate']:.3f}, "
+            f"{record['time_s']:.1f}s")
 
 
 def last_update_step(engine: DynamicSparseEngine) -> int | None:
@@ -73,7 +79,7 @@ def run_steps(
     state: dict[str, Any] | None = None,
     progress: bool = True,
     stop_after_evals: int | None = None,
-    describe: Callable[[dict[str, Any]], str] | None = None,
+    progress_keys: Sequence[tuple[str, str]] = (),
     is_writer: bool = True,
     before_engine_step: Callable[[], None] | None = None,
     after_engine_step: Callable[[dict[str, Any] | None], None] | None = None,
@@ -154,8 +160,7 @@ def run_steps(
                 write_jsonl(out / "metrics.jsonl", history)
                 write_jsonl(out / "updates.jsonl", run.engine.history)  # one row per topology update
             if progress and is_writer:
-                tqdm.write(describe(record) if describe else f"step {step}/{steps}: " + ", ".join(
-                    f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
+                tqdm.write(progress_line(record, steps, progress_keys))
             loss_sum, items, evals = 0.0, 0, evals + 1
             updates_before = len(run.engine.history)
             t0 = time.perf_counter()

@@ -247,17 +247,6 @@ class _TranslationRun:
         return {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 50.0)), "valid_bleu": bleu(hyps, self.data.valid_refs)}
 
 
-def _describe(steps: int):
-    def describe(r: dict[str, Any]) -> str:
-        return (
-            f"step {r['step']}/{steps}: train loss {r['train_loss']:.3f}, valid ppl {r['valid_ppl']:.2f}, "
-            f"valid BLEU {r['valid_bleu']:.2f}, density {r['density']:.4f}, "
-            f"active neurons {r['active_neuron_rate']:.3f}, {r['time_s']:.0f}s"
-        )
-
-    return describe
-
-
 def train_translation(
     config: TranslationConfig,
     out: str | Path,
@@ -283,7 +272,8 @@ def train_translation(
 
     history, wall = run_steps(
         run.loop, steps=config.steps, eval_every=config.eval_every, out=out, config=dataclasses.asdict(config),
-        state=state, progress=progress, stop_after_evals=stop_after_evals, describe=_describe(config.steps),
+        state=state, progress=progress, stop_after_evals=stop_after_evals,
+        progress_keys=(("valid_ppl", "valid ppl"), ("valid_bleu", "valid BLEU")),
     )
     if history:
         plot_step_curves(history, out / "curves.png", score="valid_bleu", title=_title(config))
