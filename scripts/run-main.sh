@@ -9,5 +9,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "note: apt could not install dataset-fashion-mnist; falling back to the library's search/download" >&2
 fi
 scripts/setup.sh
-exec brainsparse train --dataset fashion-mnist --method chts --density 0.01 --epochs 10 --seed 0 \
+exec .venv/bin/brainsparse train --dataset fashion-mnist --method chts --density 0.01 --epochs 10 --seed 0 \
   --out runs/chts-fashion-mnist-d0.01 "$@"

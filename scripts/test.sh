@@ -11,4 +11,4 @@ fi
 # The tests train tiny models: one thread each is fastest, and immune to the thread thrashing
 # that a busy machine inflicts on multi-threaded tiny ops (set OMP_NUM_THREADS to override).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec python3 -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q "$@"
