@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,8 +69,21 @@ _NOT_CONFIG = {"command", "task", "threads", "no_progress", "ch_form", "out", "r
                "seeds", "method", "seed"}
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("brainsparse")
+    except (ImportError, PackageNotFoundError):
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainsparse", description="Brain-inspired dynamic sparse training.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model with a sparse-training method into a run folder")
@@ -155,6 +169,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     print(f"run folder: {out}")
+    print(f"look at it: brainsparse analyze {shlex.quote(str(out))}")
     return 0
 
 

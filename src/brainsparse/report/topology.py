@@ -103,12 +103,40 @@ def _ccdf(degrees: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, (d.size - first) / d.size
 
 
-def plot_degree_distributions(masks: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
-    """Log-log complementary CDFs ``P(K ≥ k)`` of every layer's degrees: one panel for the
-    output neurons' fan-in, one for the input neurons' fan-out, one line per layer. Isolated
-    neurons (degree 0) cannot appear on a log axis; the legend gives their number. A power law
-    ``p(k) ∝ k^−γ`` is a straight line of slope ``1 − γ``. Writes a PNG atomically.
-    """
+def _log_tick_values(lo: float, hi: float) -> list[float]:
+    """Labelled ticks for a log axis over [lo, hi]: decades when the range spans several, else
+    1-2-5 steps, else (less than a decade) at most six evenly spaced round numbers — the coarsest
+    that still puts at least three ticks in range, so labels never run into each other."""
+    from matplotlib.ticker import MaxNLocator
+
+    first, last = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
+    for subs in ((1.0,), (1.0, 2.0, 5.0)):
+        ticks = [s * 10.0**e for e in range(first, last + 1) for s in subs]
+        ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        if len(ticks) >= 3:
+            return ticks
+    linear = MaxNLocator(nbins=6, steps=[1, 2, 5, 10]).tick_values(lo, hi)
+    return [float(t) for t in linear if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+
+
+def _plain_number(value: float, _pos: Any = None) -> str:
+    return f"{value:.0f}" if value >= 1 and value == round(value) else f"{value:g}"
+
+
+def _tidy_log_axis(axis, lo: float, hi: float) -> None:
+    """Labelled major ticks from :func:`_log_tick_values` as plain numbers, unlabelled minor
+    ticks (matplotlib's default labels every minor tick of a short log axis: 2×10⁰, 3×10⁰, ...
+    run into each other)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(FixedLocator(_log_tick_values(lo, hi)))
+    axis.set_major_formatter(FuncFormatter(_plain_number))
+    axis.set_minor_locator(LogLocator(base=10.0, subs=tuple(range(2, 10)), numticks=50))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def degree_distribution_figure(masks: Mapping[str, Any], title: str = ""):
+    """The figure of :func:`plot_degree_distributions`, not yet saved (the caller closes it)."""
     if not isinstance(masks, Mapping):
         raise BrainsparseError("masks must be a dict {layer name: (out, in) mask}")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -126,6 +154,11 @@ def plot_degree_distributions(masks: Mapping[str, Any], path: str | Path, title:
         if drawn:
             ax.set_xscale("log")
             ax.set_yscale("log")
+            (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y0, y1)
+            _tidy_log_axis(ax.xaxis, x0, x1)
+            _tidy_log_axis(ax.yaxis, y0, y1)
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no links", ha="center", va="center", transform=ax.transAxes)
@@ -136,4 +169,13 @@ def plot_degree_distributions(masks: Mapping[str, Any], path: str | Path, title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, Path(path))
+    return fig
+
+
+def plot_degree_distributions(masks: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Log-log complementary CDFs ``P(K ≥ k)`` of every layer's degrees: one panel for the
+    output neurons' fan-in, one for the input neurons' fan-out, one line per layer. Isolated
+    neurons (degree 0) cannot appear on a log axis; the legend gives their number. A power law
+    ``p(k) ∝ k^−γ`` is a straight line of slope ``1 − γ``. Writes a PNG atomically.
+    """
+    return save_figure(degree_distribution_figure(masks, title), Path(path))
