@@ -100,7 +100,7 @@ def test_invalid_arguments(kwargs, message):
 
 def test_csti_needs_data():
     with pytest.raises(BrainsparseError, match="needs a batch of input data"):
-        bs.sparsify(MLP([10, 8, 8, 2]), None, method="cht", density=0.3)
+        bs.sparsify(MLP([10, 8, 8, 2]), None, method="cht", density=0.3, update_every=1, total_steps=10)
 
 
 def test_update_keeps_counts_and_new_links_start_at_zero():

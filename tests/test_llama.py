@@ -112,7 +112,7 @@ def test_percolation_on_hand_built_masks():
 def test_engine_on_llama_keeps_pairs_after_percolation():
     model = tiny()
     opt = adamw(model, 1e-3, 0.0)
-    dst = sparsify_llama(model, opt, method="chts", density=0.3, update_every=1, seed=0)
+    dst = sparsify_llama(model, opt, method="chts", density=0.3, update_every=1, total_steps=100, seed=0)
     assert set(dst.layers) == {n for n, _ in model.named_modules() if n.endswith("_proj")}
     assert ("layers.0.mlp.gate_proj", "layers.0.mlp.up_proj") in dst.pairs
     x = torch.randint(0, 50, (2, 9))

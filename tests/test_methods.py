@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import brainsparse as bs
+from brainsparse.selection import count
 from brainsparse._validation import link_count
 from brainsparse.errors import BrainsparseError
 from brainsparse.models import MLP
@@ -62,18 +63,111 @@ def test_chtss_link_counts_follow_sigmoid_schedule():
 
 def test_chtss_starts_at_initial_density():
     torch.manual_seed(0)
-    engine = bs.sparsify(MLP([16, 12, 3]), None, method="chtss", density=0.1, total_steps=10, init="uniform")
+    engine = bs.sparsify(MLP([16, 12, 3]), None, method="chtss", density=0.1, update_every=1, total_steps=10, init="uniform")
     layer = engine.layers["layers.0"]
     assert layer.links == link_count(0.5, 12, 16)
 
 
-def test_granet_cubic_schedule_counts():
+def test_granet_cubic_schedule_counts_global():
+    # GraNet prunes by one magnitude threshold across layers: the network's link count follows
+    # the cubic schedule, the layers' shares do not
     engine, counts = _run("granet", 20, density=0.1, update_every=2, total_steps=20)
     n_updates = int(0.8 * 20) // 2
+    shapes = {n: l.mask.shape for n, l in engine.layers.items()}
+    uneven = False
     for i, row in enumerate(counts, start=1):
         d = density_at(i, n_updates, 0.5, 0.1, "cubic")
-        for name, links in row.items():
-            assert links == link_count(d, *engine.layers[name].mask.shape)
+        assert sum(row.values()) == sum(link_count(d, *shapes[n]) for n in row), i
+        uneven |= any(row[n] != link_count(d, *shapes[n]) for n in row)
+    assert uneven  # a global threshold does not cut every layer to the same density
+
+
+def test_granet_global_prune_keeps_the_largest_weights_of_the_network():
+    torch.manual_seed(0)
+    model = MLP([8, 8, 8, 2])
+    engine = bs.sparsify(model, None, method="granet", density=0.25, update_every=1, total_steps=10,
+                         seed=0, drop_fraction=0.0)
+    (name_a, a), (name_b, b) = engine.layers.items()
+    with torch.no_grad():  # layer 0's weights all larger than layer 1's
+        a.weight.copy_(a.mask * (10 + torch.rand(a.mask.shape)))
+        b.weight.copy_(b.mask * torch.rand(b.mask.shape))
+    target = sum(link_count(d, 8, 8) for d in [0.4, 0.4])
+    kept = engine._gradual_prune(0.4)
+    assert count(kept[name_a]) == a.links  # nothing of the strong layer is cut
+    assert count(kept[name_a]) + count(kept[name_b]) == target
+    per_layer = bs.sparsify(MLP([8, 8, 8, 2]), None, method="granet", density=0.25, update_every=1,
+                            total_steps=10, seed=0, prune_scope="layer")
+    assert all(count(m) == link_count(0.4, 8, 8) for m in per_layer._gradual_prune(0.4).values())
+
+
+def test_mest_removes_by_mest_score_at_every_update():
+    torch.manual_seed(0)
+    model = MLP([12, 10, 3])
+    engine = bs.sparsify(model, None, method="mest", density=0.2, update_every=1, total_steps=100, seed=0)
+    layer = engine.layers["layers.0"]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        layer.weight.copy_(layer.mask * torch.rand(layer.mask.shape, generator=gen))
+    # gradients that reorder the links: score = |W| + 0.01 |grad|
+    layer.dense_grad = torch.rand(layer.mask.shape, generator=gen) * 100
+    score = (layer.weight.detach().abs() + 0.01 * layer.dense_grad.abs()) * layer.mask
+    before = layer.mask.clone()
+    n = count(before)
+    engine.step_count = 1  # an update between EM&S density steps (60 % of T_end is step 45)
+    record = engine.update()
+    n_removed = int(n * 0.3)
+    assert record["layers"]["layers.0"]["removed"] == n_removed  # ζ removal happens here too
+    removed = before & ~engine.layers["layers.0"].mask
+    # the removed links are the ones with the lowest MEST score (not the lowest |W|)
+    lowest = torch.topk(score[before], n_removed, largest=False).indices
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[lowest] = True
+    grown_back = removed.sum() < n_removed  # a removed link may be regrown at random
+    assert (removed[before] <= expected).all() and (grown_back or (removed[before] == expected).all())
+    by_magnitude = torch.topk(layer.weight.detach().abs()[before], n_removed, largest=False).indices
+    assert set(lowest.tolist()) != set(by_magnitude.tolist())  # the test tells the scores apart
+
+
+def test_mest_ems_shrink_ranks_by_mest_score():
+    assert bs.resolve_method("mest").prune_score == "mest"
+    torch.manual_seed(0)
+    engine = bs.sparsify(MLP([12, 10, 3]), None, method="mest", density=0.2, update_every=1, total_steps=100, seed=0)
+    layer = engine.layers["layers.0"]
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        layer.weight.copy_(layer.mask * torch.rand(layer.mask.shape, generator=gen))
+    layer.dense_grad = torch.rand(layer.mask.shape, generator=gen) * 100
+    score = (layer.weight.detach().abs() + 0.01 * layer.dense_grad.abs()) * layer.mask
+    n_target = link_count(0.2 + 0.025, 10, 12)
+    kept = engine._gradual_prune(0.2 + 0.025)["layers.0"]
+    best = torch.topk(score[layer.mask], n_target).indices
+    expected = torch.zeros(count(layer.mask), dtype=torch.bool)
+    expected[best] = True
+    assert torch.equal(kept[layer.mask], expected)
+
+
+def test_sparsify_dynamic_method_without_run_length_is_an_error():
+    with pytest.raises(BrainsparseError, match="update_every and total_steps"):
+        bs.sparsify(MLP([10, 8, 2]), None, method="chts", density=0.3)
+    with pytest.raises(BrainsparseError, match="total_steps"):
+        bs.sparsify(MLP([10, 8, 2]), None, method="rigl", density=0.3, update_every=5)
+    engine = bs.sparsify(MLP([10, 8, 2]), None, method="set", density=0.3, steps_per_epoch=7, epochs=3)
+    assert (engine.update_every, engine.total_steps) == (7, 21)
+    bs.sparsify(MLP([10, 8, 2]), None, method="static", density=0.3)  # nothing evolves: nothing needed
+
+
+def test_zero_score_regrowth_respects_elementwise_pairs():
+    # q/k-like pair: row i of "a" is useful only if row i of "b" has links, and vice versa
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": nn.Linear(16, 8), "b": nn.Linear(16, 8)})
+    engine = bs.sparsify(model, None, method="cht", init="uniform", density=0.05, update_every=1,
+                         total_steps=100, include=["a", "b"], pairs=[("a", "b")], seed=0, drop_fraction=0.5)
+    for _ in range(5):
+        engine.step_count += 1
+        engine.update()
+        rows_a = engine.layers["a"].mask.any(dim=1)
+        rows_b = engine.layers["b"].mask.any(dim=1)
+        assert torch.equal(rows_a, rows_b)
 
 
 def test_mest_ems_extra_density_then_target():

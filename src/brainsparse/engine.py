@@ -44,6 +44,10 @@ _CH_VARIANTS = {"ch3_l3": "CH3", "ch2_l3": "CH2", "ch3.1_l3": "CH3.1"}
 #: Above this many L3 paths in a layer, exact CH scoring falls back to the matrix form
 #: (about 2 s on 2 CPU cores at 1e9 paths: a 1568×1568 layer near 5 % density).
 MAX_EXACT_PATHS = 1_000_000_000
+#: ``kernel="auto"``: a layer on the sparse path goes back to the masked-dense one only once its
+#: density exceeds this factor × the crossover (hysteresis; entering the sparse path needs a
+#: density below the crossover itself).
+SWITCH_BACK_FACTOR = 1.25
 
 
 @dataclass
@@ -61,6 +65,7 @@ class SparseLayer:
     dense_grad: Tensor | None = None
     activations: tuple[Tensor, Tensor] | None = None  # (inputs, pre-activations) for CTRE
     last_update: dict[str, Any] = field(default_factory=dict)
+    hooks: list[Any] = field(default_factory=list, repr=False)  # this layer's hook handles (path-specific)
     mask_float: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +112,8 @@ class SparseLayer:
 class DynamicSparseEngine:
     """Keeps a model's linear layers sparse and evolves their topology (see :func:`sparsify`)."""
 
+    _detached = False  # set by detach(): a kernel switch then installs no hooks
+
     def __init__(
         self,
         model: nn.Module,
@@ -129,6 +136,8 @@ class DynamicSparseEngine:
         self.density = 1.0 if not method.sparse else density
         self.update_every = update_every
         self.total_steps = total_steps
+        if method.sparse and method.dynamic and total_steps is None:
+            raise BrainsparseError(f"method {method.name!r} evolves the topology: total_steps is required")
         self.t_end = int(method.t_end_fraction * total_steps) if total_steps else None
         self.chains = [list(c) for c in chains]
         self.pairs = [tuple(p) for p in pairs]
@@ -214,16 +223,19 @@ class DynamicSparseEngine:
         if state:
             self.optimizer.state[new] = state
 
+    def _replace_module(self, layer: SparseLayer, module: nn.Module) -> None:
+        parent_name, _, child = layer.name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, module)
+        layer.module = module
+
     @torch.no_grad()
     def _to_sparse_kernel(self, layer: SparseLayer) -> None:
         """Replace the layer's nn.Linear by a SparseLinear holding only the links; the optimizer
         then updates (and keeps state for) the link values only."""
         old = layer.module.weight
         sparse = SparseLinear.from_linear(layer.module, layer.mask)
-        parent_name, _, child = layer.name.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        setattr(parent, child, sparse)
-        layer.module = sparse
+        self._replace_module(layer, sparse)
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["params"] = [sparse.values if p is old else p for p in group["params"]]
@@ -235,17 +247,83 @@ class DynamicSparseEngine:
                 }
         layer.set_mask(layer.mask)
 
+    @torch.no_grad()
+    def _to_masked_kernel(self, layer: SparseLayer) -> None:
+        """The inverse of :meth:`_to_sparse_kernel`: a plain ``nn.Linear`` whose dense weight holds
+        the link values (zero off-mask), sharing the bias Parameter; per-link optimizer state is
+        scattered back to dense tensors (zero off-mask, as the masked path keeps it)."""
+        sparse = layer.module
+        old = sparse.values
+        structure = sparse.structure
+        linear = nn.Linear(sparse.in_features, sparse.out_features, bias=sparse.bias is not None,
+                           device="meta", dtype=old.dtype)
+        linear.weight = nn.Parameter(structure.to_dense(old.detach()), requires_grad=old.requires_grad)
+        if sparse.bias is not None:
+            linear.bias = sparse.bias
+        self._replace_module(layer, linear)
+        if self.optimizer is not None:
+            new = linear.weight
+            for group in self.optimizer.param_groups:
+                group["params"] = [new if p is old else p for p in group["params"]]
+            state = self.optimizer.state.pop(old, None)
+            if state:
+                self.optimizer.state[new] = {
+                    k: structure.to_dense(v) if torch.is_tensor(v) and v.shape == old.shape else v
+                    for k, v in state.items()
+                }
+        layer.set_mask(layer.mask)
+
+    def _switch_kernel(self, layer: SparseLayer, use: str) -> None:
+        """Move ``layer`` to the ``"sparse"`` or ``"dense"`` (masked) path and re-install its hooks."""
+        if use == ("sparse" if layer.sparse_kernel else "dense"):
+            return
+        if use == "sparse":
+            self._to_sparse_kernel(layer)
+        else:
+            self._to_masked_kernel(layer)
+        if not self._detached:
+            self._attach_layer(layer)
+
+    def _rechoose_kernels(self) -> dict[str, str]:
+        """``kernel="auto"``: after a topology update, move every layer to the path its current
+        link density calls for (density schedules cross the crossover). A masked layer goes sparse
+        below the crossover; a sparse layer goes back only above ``SWITCH_BACK_FACTOR`` × the
+        crossover, so a density hovering near it does not flip the layer at every update.
+        Returns ``{layer: new path}`` for the layers that moved."""
+        switched: dict[str, str] = {}
+        for name, layer in self.layers.items():
+            size = layer.mask.numel()
+            if size == 0:
+                continue
+            density = layer.links / size
+            if layer.sparse_kernel:
+                density /= SWITCH_BACK_FACTOR  # hysteresis
+            use = choose_kernel(*layer.mask.shape, density, self.batch_size)
+            if use != ("sparse" if layer.sparse_kernel else "dense"):
+                self._switch_kernel(layer, use)
+                switched[name] = use
+        return switched
+
     def _attach(self) -> None:
         for layer in self.layers.values():
-            if layer.sparse_kernel:
-                if self._needs_dense_grad():
-                    self._handles.append(layer.module.register_forward_hook(self._make_sparse_grad_capture(layer)))
-            else:
-                self._handles.append(layer.weight.register_hook(self._make_grad_hook(layer)))
-            if self.method.regrowth == "cosine":
-                self._handles.append(layer.module.register_forward_hook(self._make_activation_hook(layer)))
+            self._attach_layer(layer)
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step()))
+
+    def _attach_layer(self, layer: SparseLayer) -> None:
+        """(Re-)install the layer's hooks, which depend on its path: the masked path masks the
+        dense weight's gradient (and keeps it on the batch before a RigL/MEST update); the sparse
+        path forms that dense gradient from a forward hook; CTRE reads activations on either."""
+        for h in layer.hooks:
+            h.remove()
+        layer.hooks.clear()
+        if layer.sparse_kernel:
+            if self._needs_dense_grad():
+                layer.hooks.append(layer.module.register_forward_hook(self._make_sparse_grad_capture(layer)))
+        else:
+            layer.hooks.append(layer.weight.register_hook(self._make_grad_hook(layer)))
+        if self.method.regrowth == "cosine":
+            layer.hooks.append(layer.module.register_forward_hook(self._make_activation_hook(layer)))
 
     def _make_activation_hook(self, layer: SparseLayer):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -288,6 +366,11 @@ class DynamicSparseEngine:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for layer in self.layers.values():
+            for h in layer.hooks:
+                h.remove()
+            layer.hooks.clear()
+        self._detached = True
 
     # ------------------------------------------------------------------ masking
     @torch.no_grad()
@@ -356,7 +439,8 @@ class DynamicSparseEngine:
                 extra = m.ems_extra[1]
             else:
                 extra = 0.0
-            return self.density, min(1.0, self.density + extra)
+            d = min(1.0, self.density + extra)  # shrink to d first (a no-op between EM&S steps)
+            return d, d
         if self.total_steps is None:
             raise BrainsparseError(f"density schedule {m.density_schedule!r} needs total_steps")
         start = m.initial_density if m.initial_density is not None else self.density
@@ -382,6 +466,34 @@ class DynamicSparseEngine:
             return mask
         scores = self._scores_for_removal(layer, mask, kind)
         return select(scores, n_links, mask, rule="topk", generator=self.generator, fallback=mask)
+
+    def _gradual_prune(self, global_density: float) -> dict[str, Tensor]:
+        """Masks shrunk to the scheduled density by the prune score (hard rule): per layer, or
+        with one threshold across all layers when the method's prune scope is global [GraNet]."""
+        kind = self.method.prune_score
+        targets = {
+            n: link_count(self._layer_density(l.base_density, global_density), *l.mask.shape)
+            for n, l in self.layers.items()
+        }
+        if self.method.prune_scope == "layer":
+            return {n: self._prune(l, l.mask, targets[n], kind) for n, l in self.layers.items()}
+        total = sum(targets.values())
+        if sum(l.links for l in self.layers.values()) <= total:
+            return {}
+        # global magnitude pruning: the `total` best links of the whole network by one ranking
+        values = [self._scores_for_removal(l, l.mask, kind)[l.mask] for l in self.layers.values()]
+        sizes = [v.numel() for v in values]
+        keep = select_among(torch.cat([v.float().cpu() for v in values]), total, rule="topk", generator=self.generator)
+        out: dict[str, Tensor] = {}
+        for i, ((name, layer), part) in enumerate(zip(self.layers.items(), torch.split(keep, sizes))):
+            if not part.any() and part.numel():  # never empty a layer: keep its best link
+                part = part.clone()
+                part[int(torch.argmax(values[i]))] = True
+            flat = layer.mask.reshape(-1).nonzero().squeeze(1)
+            mask = torch.zeros_like(layer.mask)
+            mask.view(-1)[flat[part.to(flat.device)]] = True
+            out[name] = mask
+        return out
 
     def _removal_keep(self, layer: SparseLayer, mask: Tensor, n_keep: int, temperature: float) -> Tensor:
         if layer.frozen:
@@ -468,6 +580,12 @@ class DynamicSparseEngine:
                 rows = hidden[i] if i + 1 < len(chain) else torch.ones_like(hidden[i])
                 cols = hidden[i - 1] if i > 0 else torch.ones(chain_masks[i].shape[1], dtype=torch.bool, device=rows.device)
                 active[name] = (rows, cols)
+        for a, b in self.pairs:
+            # outputs of an elementwise pair (q/k, gate/up) multiply: a dimension is active only
+            # where both partners have links (and their chains keep it)
+            both = active[a][0] & active[b][0] & masks[a].any(dim=1) & masks[b].any(dim=1)
+            active[a] = (both, active[a][1])
+            active[b] = (both, active[b][1])
         return active
 
     def _explore(self, grown: Tensor, removed: Tensor, kept: Tensor) -> Tensor:
@@ -501,21 +619,21 @@ class DynamicSparseEngine:
         kept: dict[str, Tensor] = {}
         pruned: dict[str, int] = {}
         self._fallbacks.clear()
+        shrunk = self._gradual_prune(prune_to) if prune_to is not None else {}
+        share_of_global = prune_to is not None and self.method.prune_scope == "global"
         for name, layer in self.layers.items():
-            mask = layer.mask
-            if prune_to is not None:
-                shape = mask.shape
-                n_links = link_count(self._layer_density(layer.base_density, prune_to), *shape)
-                mask = self._prune(layer, mask, n_links, self.method.prune_score)
-            n_on = count(mask) if prune_to is not None else n_before[name]
+            mask = shrunk.get(name, layer.mask)
+            n_on = count(mask) if name in shrunk else n_before[name]
             pruned[name] = n_before[name] - n_on
-            if self.method.density_schedule == "ems":
-                n_keep = n_on  # EM&S removes only by shrinking to the target density
-            else:
-                n_keep = n_on - int(n_on * zeta)
+            # every update removes a fraction ζ_t by the removal score, also between density steps
+            n_keep = n_on - int(n_on * zeta)
             kept[name] = self._removal_keep(layer, mask, n_keep, temperature)
-            layer.density = self._layer_density(layer.base_density, final)
-            layer.target = link_count(layer.density, *mask.shape)
+            if share_of_global:  # the layer keeps the share the global threshold left it
+                layer.target = n_on
+                layer.density = n_on / mask.numel()
+            else:
+                layer.density = self._layer_density(layer.base_density, final)
+                layer.target = link_count(layer.density, *mask.shape)
         if self.method.percolation and self._percolation_changes(kept):
             kept = percolate(kept, self.chains, self.pairs)
         active = self._active_neurons(kept)
@@ -574,6 +692,10 @@ class DynamicSparseEngine:
             if name in self._fallbacks:
                 layer.last_update["ch_form"] = "matrix (exact form past max_exact_paths)"
             record["layers"][name] = dict(layer.last_update, froze_now=layer.frozen and not was_frozen)
+        if self.kernel == "auto":
+            switched = self._rechoose_kernels()
+            if switched:
+                record["kernel_switch"] = switched
         record["time_s"] = time.perf_counter() - started
         self.history.append(record)
         return record
@@ -659,6 +781,7 @@ class DynamicSparseEngine:
             "target": {n: l.target for n, l in self.layers.items()},
             "last_update": {n: dict(l.last_update) for n, l in self.layers.items()},
             "history": copy.deepcopy(self.history),
+            "kernels": {n: "sparse" if l.sparse_kernel else "dense" for n, l in self.layers.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -671,11 +794,20 @@ class DynamicSparseEngine:
         self.step_count = int(state["step"])
         self.generator.set_state(state["generator"])
         self.history = copy.deepcopy(state["history"])
+        kernels = state.get("kernels", {})  # absent in checkpoints from before kernel switching
         for name, layer in self.layers.items():
             device = layer.param.device
-            if layer.sparse_kernel:
-                layer.module.set_structure(state["masks"][name].to(device))
-            layer.set_mask(state["masks"][name].to(device))
+            mask = state["masks"][name].to(device)
+            use = kernels.get(name)
+            if use is not None and use != ("sparse" if layer.sparse_kernel else "dense"):
+                # the run had moved this layer to the other path (kernel="auto"): follow it, so
+                # that the model's state_dict (weight vs values + structure) loads next
+                if use == "sparse":
+                    layer.set_mask(mask)  # the link structure is built from the checkpoint's mask
+                self._switch_kernel(layer, use)
+            elif layer.sparse_kernel:
+                layer.module.set_structure(mask)
+            layer.set_mask(mask)
             layer.ever_active = state["ever_active"][name].to(device).bool()
             layer.frozen = bool(state["frozen"][name])
             layer.density = float(state["layer_density"][name])
@@ -690,9 +822,11 @@ def sparsify(
     method: str | MethodConfig = "chts",
     density: float = 0.01,
     init: str | None = None,
-    update_every: int = 1,
+    update_every: int | None = None,
     total_steps: int | None = None,
     *,
+    steps_per_epoch: int | None = None,
+    epochs: int | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     chains: Sequence[Sequence[str]] | None = None,
@@ -705,12 +839,17 @@ def sparsify(
 ) -> DynamicSparseEngine:
     """Make ``model``'s linear layers sparse and return the engine that evolves them.
 
-    ``method`` names a preset (dense, static, set, rigl, cht, chts) or is a
-    :class:`MethodConfig`; ``init`` overrides its initial topology (uniform, er, erk, bsw, bsf,
-    brf, csti) and ``method_options`` override any other field (e.g. ``beta=0.5`` for BSW,
-    ``drop_fraction=0.2``, ``regrowth_exact=False``). Call ``engine.step()`` after every
-    ``optimizer.step()``; the topology evolves every ``update_every`` steps until
-    ``t_end_fraction · total_steps``.
+    ``method`` names a preset (dense, static, set, rigl, mest, granet, ctre, cht, chts, chtss,
+    neuroprune) or is a :class:`MethodConfig`; ``init`` overrides its initial topology (uniform,
+    er, erk, bsw, bsf, brf, csti) and ``method_options`` override any other field (e.g.
+    ``beta=0.5`` for BSW, ``drop_fraction=0.2``, ``regrowth_exact=False``). Call
+    ``engine.step()`` after every ``optimizer.step()``; the topology evolves every
+    ``update_every`` steps until ``t_end_fraction · total_steps``.
+
+    A dynamic method needs the run's rhythm and length: pass ``update_every`` and
+    ``total_steps`` (optimizer steps), or ``steps_per_epoch`` and ``epochs`` (then one update per
+    epoch over ``epochs · steps_per_epoch`` steps, the papers' MLP setting). There is no silent
+    default: without them the schedules (ζ, temperature, density) cannot know where the run is.
 
     ``kernel`` picks the execution of the sparse layers: ``"dense"`` (dense weights multiplied by
     masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose
@@ -719,7 +858,16 @@ def sparsify(
     """
     kernel = check_choice(kernel, ("auto", "dense", "sparse"), "kernel")
     density = check_density(density)
-    update_every = check_positive_int(update_every, "update_every")
+    if steps_per_epoch is not None:
+        steps_per_epoch = check_positive_int(steps_per_epoch, "steps_per_epoch")
+        update_every = steps_per_epoch if update_every is None else update_every
+        if epochs is not None:
+            epochs = check_positive_int(epochs, "epochs")
+            total_steps = epochs * steps_per_epoch if total_steps is None else total_steps
+    elif epochs is not None:
+        raise BrainsparseError("epochs given without steps_per_epoch; pass both (or update_every and total_steps)")
+    if update_every is not None:
+        update_every = check_positive_int(update_every, "update_every")
     if total_steps is not None:
         total_steps = check_positive_int(total_steps, "total_steps")
     init_params = {k: method_options.pop(k) for k in ("beta", "r", "degree") if k in method_options}
@@ -729,6 +877,13 @@ def sparsify(
     if init_params:
         overrides["init_params"] = init_params
     config = resolve_method(method, **overrides)
+    if config.sparse and config.dynamic and (update_every is None or total_steps is None):
+        missing = " and ".join(n for n, v in (("update_every", update_every), ("total_steps", total_steps)) if v is None)
+        raise BrainsparseError(
+            f"method {config.name!r} evolves the topology, so it needs {missing}: pass update_every=<optimizer "
+            "steps between topology updates> and total_steps=<optimizer steps of the run>, or "
+            "steps_per_epoch=<batches per epoch> and epochs=<epochs> (one update per epoch)"
+        )
     layers = find_sparse_layers(model, include, exclude) if config.sparse else []
     names = [n for n, _ in layers]
     if chains is None:
@@ -744,6 +899,6 @@ def sparsify(
         seed = torch.initial_seed() % (2**63)
     return DynamicSparseEngine(
         model, optimizer, config, density, layers, chain_list, pairs,
-        update_every=update_every, total_steps=total_steps, seed=seed, init_data=init_data,
+        update_every=update_every or 1, total_steps=total_steps, seed=seed, init_data=init_data,
         kernel=kernel, batch_size=batch_size,
     )

@@ -23,6 +23,7 @@ REGULARIZERS = ("none", "preferential_attachment")
 INITS = ("uniform", "er", "erk", "bsw", "bsf", "brf", "csti")
 WEIGHT_INITS = ("swi", "kaiming", "keep")
 SELECTION_RULES = ("topk", "soft")
+PRUNE_SCOPES = ("layer", "global")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class MethodConfig:
     initial_density: float | None = None  # start of a decay schedule (CHTss: 0.5)
     prune_end_fraction: float = 0.8  # decay reaches the target at this fraction of total_steps
     prune_score: str = "relative_importance"  # score of the gradual pruning step
+    prune_scope: str = "layer"  # gradual pruning per layer, or "global": one threshold across layers (GraNet)
     ems_extra: tuple[float, float] = (0.05, 0.025)  # EM&S: extra density before / after 60 % of T_end
     exploration: str = "none"  # CTRE: "simultaneous" replaces re-added links by random ones
     regularizer: str = "none"  # NeuroPrune: "preferential_attachment" proximal shrinkage every step
@@ -66,6 +68,7 @@ class MethodConfig:
         check_choice(self.drop_schedule, DROP_SCHEDULES, "drop schedule")
         check_choice(self.density_schedule, DENSITY_SCHEDULES, "density schedule")
         check_choice(self.prune_score, REMOVAL_SCORES, "prune score")
+        check_choice(self.prune_scope, PRUNE_SCOPES, "prune scope")
         check_choice(self.exploration, EXPLORATIONS, "exploration")
         check_choice(self.regularizer, REGULARIZERS, "regularizer")
         if self.initial_density is not None:
@@ -119,15 +122,18 @@ PRESETS: dict[str, MethodConfig] = {
         regrowth_rule="soft", regrowth_temperature=1.0, density_schedule="sigmoid", initial_density=0.5,
         prune_end_fraction=0.8, prune_score="relative_importance",
     ),
-    # GraNet: cubic gradual pruning by magnitude plus RigL-style gradient regrowth
+    # GraNet: cubic gradual pruning by global magnitude (one threshold across layers) plus
+    # RigL-style gradient regrowth within each layer
     "granet": MethodConfig(
         name="granet", init="uniform", removal="magnitude", regrowth="gradient", drop_schedule="cosine",
         density_schedule="cubic", initial_density=0.5, prune_end_fraction=0.8, prune_score="magnitude",
+        prune_scope="global",
     ),
-    # MEST: magnitude + gradient removal, random regrowth, EM&S density (5 % then 2.5 % extra)
+    # MEST: links leave by |W| + λ|∇W| at every update (hard rule, ζ), random regrowth, EM&S
+    # density (5 % then 2.5 % extra), whose shrink steps rank by the same score
     "mest": MethodConfig(
         name="mest", init="uniform", removal="mest", regrowth="random", density_schedule="ems",
-        t_end_fraction=0.75,
+        t_end_fraction=0.75, prune_score="mest",
     ),
     # CTRE: cosine similarity of activations for regrowth, with simultaneous random exploration
     "ctre": MethodConfig(
