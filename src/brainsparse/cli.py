@@ -30,6 +30,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (else $BRAINSPARSE_DATA, system locations)")
     p.add_argument("--model", default=None, help="translation: small (default), multi30k, base, tiny; lm: llama-tiny (default), llama-60m, llama-130m, hf-llama-tiny")
     p.add_argument("--density", type=float, default=None, help="fraction of links kept in sparse layers, in (0, 1] (default 0.01; 0.1 for translation, 0.3 for lm)")
+    p.add_argument("--recipe", default=None,
+                   help="whose per-task method choices apply (default: the task's recipe for the dataset, see "
+                        "`brainsparse recipes`; 'none': the bare method preset)")
     p.add_argument("--init", default=None, help="initial topology: uniform, er, erk, bsw, bsf, brf, csti (default: the method's)")
     p.add_argument("--beta", type=float, default=None, help="BSW rewiring probability in [0, 1]")
     p.add_argument("--r", type=float, default=None, help="BRF locality in [0, 1]")
@@ -81,15 +84,26 @@ def _version() -> str:
         return __version__
 
 
+class _UsageError(Exception):
+    """A command line argparse rejects (printed as one ``brainsparse: error:`` line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises :class:`_UsageError` instead of printing usage."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainsparse", description="Brain-inspired dynamic sparse training.")
+    parser = _Parser(prog="brainsparse", description="Brain-inspired dynamic sparse training.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model with a sparse-training method into a run folder")
     _add_task_args(train)
-    train.add_argument("--method", default="chts", help="a preset: see `brainsparse methods`")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--method", default=None, help="a preset: see `brainsparse methods` (default chts)")
+    train.add_argument("--seed", type=int, default=None, help="(default 0)")
     train.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<method>-d<density>-s<seed>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a finished or partial run in --out")
@@ -157,12 +171,20 @@ def _train(args: argparse.Namespace) -> int:
 
     stored = Path(args.out or "", "config.json")
     if args.resume and args.out and stored.is_file():
-        try:  # a resumed run keeps its own task, whatever --task says
-            args.task = json.loads(stored.read_text()).get("task", "classification")
-        except (OSError, ValueError) as exc:
-            raise BrainsparseError(f"cannot read {stored}: {exc}") from None
-    config = _config_from_args(args, args.method, args.seed)
-    if not args.resume:
+        from .train.checkpoint import read_json_file
+
+        # a resumed run keeps its own task, whatever --task says
+        task = read_json_file(stored, "run config").get("task", "classification")
+        if task not in ("classification", "translation", "lm"):
+            raise BrainsparseError(f"run config '{stored}' names task {task!r:.40}; allowed: classification, translation, lm")
+        args.task = task
+    config = _config_from_args(args, args.method or "chts", 0 if args.seed is None else args.seed)
+    if args.resume:
+        _check_resume_options(args, stored)
+    else:
+        from .train.common import with_task_defaults
+
+        config = with_task_defaults(config)
         config.validate()
     out = args.out or f"runs/{config.dataset}-{config.method}-d{config.density:g}-s{config.seed}"
     _, train = task_entry(args.task)
@@ -171,6 +193,31 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     print(f"look at it: brainsparse analyze {shlex.quote(str(out))}")
     return 0
+
+
+def _check_resume_options(args: argparse.Namespace, stored: Path) -> None:
+    """Refuse options given with ``--resume`` that differ from the stored run (the run keeps its
+    own settings; only --data-dir and --device may change where it reads and computes)."""
+    from .train.checkpoint import read_json_file
+
+    if not stored.is_file():
+        return  # open_run names what is missing
+    saved = read_json_file(stored, "run config")
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None and k not in ("data_dir", "device")}
+    given.update({k: getattr(args, k) for k in ("method", "seed") if getattr(args, k) is not None})
+    if args.ch_form is not None:
+        given["regrowth_exact"] = args.ch_form == "exact"
+    differ = []
+    for key, value in given.items():
+        value = value.lower() if key in ("dataset", "kernel", "model", "method") and isinstance(value, str) else value
+        if key not in saved or saved[key] != value:
+            option = "--ch-form" if key == "regrowth_exact" else "--" + key.replace("_", "-")
+            differ.append(f"{option} {value!r} (run: {saved.get(key, 'not applicable')!r})")
+    if differ:
+        raise BrainsparseError(
+            "a resumed run keeps the settings it started with, but these options differ: " + "; ".join(differ)
+            + "; allowed with --resume: --out, --data-dir, --device, --threads, --no-progress (or start a new run)"
+        )
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -245,7 +292,11 @@ def _methods() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainsparse`` command."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"brainsparse: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "train":
             return _train(args)
@@ -259,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         return _methods()
     except BrainsparseError as exc:
-        print(f"brainsparse: error: {exc}", file=sys.stderr)
+        print(f"brainsparse: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the command cannot use
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"brainsparse: error: {exc.strerror or exc}{where}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("brainsparse: interrupted; the last finished epoch is in the checkpoint (use --resume)", file=sys.stderr)

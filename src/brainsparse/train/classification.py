@@ -18,14 +18,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._validation import check_density, check_positive_int, check_unit_interval
+from .._validation import check_density, check_nonnegative, check_positive_int, check_seed, check_unit_interval
 from ..engine import DynamicSparseEngine, sparsify
 from ..errors import BrainsparseError
 from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device, restore_training_state, topology_record
+from .common import ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, restore_training_state, topology_record
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
@@ -58,6 +58,8 @@ class TrainConfig(ConfigDict):
     update_every: int | None = None  # optimizer steps between topology updates; None = one epoch
     drop_fraction: float | None = None
     regrowth_exact: bool | None = None
+    recipe: str | None = None  # whose per-task method choices apply: None = the task's recipe, "none" = bare preset
+    method_options: dict[str, Any] | None = None  # the recipe's overrides of the method preset (filled at start)
     train_subset: int | None = None  # use only the first N training samples (quick runs)
     csti_samples: int = 10000  # samples used for the CSTI correlation
     eval_batch_size: int = 1000
@@ -85,9 +87,19 @@ class TrainConfig(ConfigDict):
             check_unit_interval(self.r, "r")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise BrainsparseError(f"lr {self.lr!r} is invalid; allowed: a positive number")
+        if not self.hidden:
+            raise BrainsparseError("hidden widths [] are empty: the model would have no sparse layer; "
+                                   "allowed: one or more positive integers such as 1568,1568,1568")
         for h in self.hidden:
             check_positive_int(h, "hidden width")
+        check_seed(self.seed)
+        check_nonnegative(self.momentum, "momentum", below=1.0)
+        check_nonnegative(self.weight_decay, "weight_decay")
+        check_unit_interval(self.lr_final_factor, "lr_final_factor")
+        check_positive_int(self.csti_samples, "csti_samples")
+        check_positive_int(self.eval_batch_size, "eval_batch_size")
         resolve_method(self.method, **self.method_overrides())
+        check_init_params(self)
 
     def method_overrides(self) -> dict[str, Any]:
         """Options that change the method preset."""
@@ -100,6 +112,9 @@ def _load_data(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int
     train_x, train_y, test_x, test_y = load_mnist_family(config.dataset, data_dir=config.data_dir)
     if config.train_subset is not None:
         train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
+    for split, x in (("training", train_x), ("test", test_x)):
+        if x.shape[0] == 0:
+            raise BrainsparseError(f"the {split} split of {config.dataset} holds no images; allowed: a dataset with images in both splits")
     return train_x, train_y, test_x, test_y, num_classes(config.dataset)
 
 
@@ -201,14 +216,29 @@ def train_classifier(
     start_epoch, wall_before = 0, 0.0
     if resume:
         state = load_checkpoint(out / "checkpoint.pt")
-        run.load_state_dict(state)
-        history = state["history"]
-        start_epoch = state["epoch"]
-        wall_before = state["wall_time_s"]
-    else:
-        clear_run_folder(out, RUN_FILES)
-        write_json(out / "config.json", dataclasses.asdict(config))
+        try:
+            run.load_state_dict(state)
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+            wall_before = float(state["wall_time_s"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise BrainsparseError(
+                f"checkpoint '{out / 'checkpoint.pt'}' does not fit this run ({type(exc).__name__}: {str(exc)[:160]}); "
+                "start the run again with --overwrite"
+            ) from None
+        if not 0 <= start_epoch <= config.epochs or len(history) != start_epoch:
+            raise BrainsparseError(f"checkpoint '{out / 'checkpoint.pt'}' holds epoch {start_epoch} of {config.epochs} "
+                                   f"with {len(history)} metrics rows; start the run again with --overwrite")
+    with RunFolder(out, RUN_FILES, resume=resume, overwrite=overwrite) as folder:
+        if not resume:
+            write_json(folder.path / "config.json", dataclasses.asdict(config))
+        return _train_epochs(config, folder, run, train_x, train_y, test_x, test_y, steps_per_epoch, history,
+                             start_epoch, wall_before, progress, stop_after_epochs)
 
+
+def _train_epochs(config, folder, run, train_x, train_y, test_x, test_y, steps_per_epoch, history, start_epoch,
+                  wall_before, progress, stop_after_epochs):
+    """The epoch loop of :func:`train_classifier`, writing into ``folder`` (a :class:`RunFolder`)."""
     title = f"{config.method} on {config.dataset}, density {config.density:g}, seed {config.seed}"
     epochs_run = 0
     for epoch in range(start_epoch, config.epochs):
@@ -232,7 +262,10 @@ def train_classifier(
             run.optimizer.step()
             run.engine.step()
             run.scheduler.step()
-            loss_sum += loss.item() * y.shape[0]
+            value = loss.item()
+            if not math.isfinite(value):
+                _diverged(config, folder, value, epoch, b, steps_per_epoch)
+            loss_sum += value * y.shape[0]
             correct += int((logits.argmax(1) == y).sum())
             seen += y.shape[0]
             if b % 50 == 0:
@@ -248,12 +281,15 @@ def train_classifier(
         )
         history.append(record)
         wall_before += epoch_time
+        if not math.isfinite(test_loss):
+            _diverged(config, folder, test_loss, epoch, steps_per_epoch - 1, steps_per_epoch, what="test loss")
         save_checkpoint(
-            out / "checkpoint.pt",
+            folder.path / "checkpoint.pt",
             {**run.state_dict(), "epoch": epoch + 1, "history": history, "wall_time_s": wall_before,
              "config": dataclasses.asdict(config)},
         )
-        write_jsonl(out / "metrics.jsonl", history)
+        write_jsonl(folder.path / "metrics.jsonl", history)
+        folder.started()
         epochs_run += 1
         if progress:
             tqdm.write(
@@ -263,11 +299,23 @@ def train_classifier(
             )
 
     if history:
-        plot_training_curves(history, out / "curves.png", title=title)
+        plot_training_curves(history, folder.path / "curves.png", title=title)
     summary = summarize(config, history, wall_before)
     if len(history) == config.epochs:
-        write_json(out / "summary.json", summary)
+        write_json(folder.path / "summary.json", summary)
     return summary
+
+
+def _diverged(config: TrainConfig, folder: RunFolder, value: float, epoch: int, batch: int, steps_per_epoch: int,
+              what: str = "training loss") -> None:
+    """Stop a run whose loss is no longer finite; the last good checkpoint stays."""
+    step = epoch * steps_per_epoch + batch + 1
+    kept = (f"the last good checkpoint (epoch {epoch}) is kept in '{folder.final}'" if epoch > 0
+            else "no epoch finished, so no checkpoint was written")
+    raise BrainsparseError(
+        f"training diverged: the {what} became {value} at step {step} (epoch {epoch + 1}); {kept}; "
+        f"try a lower --lr than {config.lr:g}"
+    )
 
 
 def summarize(config: TrainConfig, history: list[dict[str, Any]], wall_time: float) -> dict[str, Any]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import errno
+import os
+import shutil
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,9 @@ def prepare_run_folder(out: Path, files: Sequence[str], resume: bool, overwrite:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise BrainsparseError(f"--out '{out}' exists and is not a folder")
+        raise BrainsparseError(f"--out '{out}' exists and is not a folder; allowed: a folder or a path that can be created")
+    if not out.exists():
+        check_creatable(out, "--out")
     has_run = out.exists() and any((out / f).exists() for f in files)
     if resume:
         if not (out / "checkpoint.pt").exists():
@@ -77,26 +83,341 @@ def set_threads(threads: int | None) -> None:
 
 def method_option_overrides(config: Any) -> dict[str, Any]:
     """Preset overrides from a task config's generic options (``init``, ``beta``, ``r``,
-    ``drop_fraction``, ``regrowth_exact``; those left None change nothing)."""
-    out: dict[str, Any] = {}
+    ``drop_fraction``, ``regrowth_exact``; those left None change nothing), on top of the
+    task's recipe choices for the method (``method_options``, see :func:`with_task_defaults`)."""
+    out: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in (getattr(config, "method_options", None) or {}).items()
+    }
     if getattr(config, "init", None) is not None:
         out["init"] = config.init.lower()
+        if out["init"] != (getattr(config, "method_options", None) or {}).get("init"):
+            out.pop("init_params", None)  # the recipe's parameters belong to the recipe's init
     params = {k: getattr(config, k) for k in ("beta", "r") if getattr(config, k, None) is not None}
     if params:
-        out["init_params"] = params
+        out["init_params"] = {**out.get("init_params", {}), **params}
     for key in ("drop_fraction", "regrowth_exact"):
         if getattr(config, key, None) is not None:
             out[key] = getattr(config, key)
     return out
 
 
+def check_creatable(path: Path, option: str) -> None:
+    """Raise unless ``path`` (which does not exist) could be created as a folder: its nearest
+    existing ancestor must be a writable folder."""
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BrainsparseError(f"{option} '{path}' cannot be created: '{parent}' is not a folder; allowed: a creatable folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BrainsparseError(f"{option} '{path}' cannot be created: '{parent}' is not writable; allowed: a creatable folder path")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON fits a dataclass field's type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if args and args[-1] is not Ellipsis and origin is tuple:
+            return len(args) == len(value) and all(_type_ok(v, a) for v, a in zip(value, args))
+        return not args or all(_type_ok(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        args = typing.get_args(hint)
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items())
+    return True  # a type this check does not know: validate() judges the value
+
+
+def check_init_params(config: Any) -> None:
+    """Refuse ``beta`` unless the run's effective initial topology (after ``init``) is BSW, and
+    ``r`` unless it is BRF: options that would be silently ignored."""
+    from ..methods import resolve_method
+
+    method = resolve_method(config.method, **config.method_overrides())
+    init = "none (dense)" if not method.sparse else method.init
+    for key, needs in (("beta", "bsw"), ("r", "brf")):
+        if getattr(config, key, None) is not None and init != needs:
+            raise BrainsparseError(
+                f"--{key} {getattr(config, key)!r} applies only to the {needs.upper()} initial topology, but method "
+                f"{config.method!r} starts from {init}; allowed: drop --{key}, or add --init {needs}"
+            )
+
+
 class ConfigDict:
     """Mixin of task configs (dataclasses): build one from a stored ``config.json`` dict."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls, data: dict[str, Any], source: str = "config"):
+        """The config of ``data`` (unknown keys are ignored); a value of the wrong type raises
+        :class:`BrainsparseError` naming ``source`` and the key. Values are then checked by
+        ``validate()`` as strictly as command-line options."""
+        if not isinstance(data, dict):
+            raise BrainsparseError(f"{source} is not a JSON object; restore it or start the run again")
+        hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {}
+        for key, value in data.items():
+            if key not in known:
+                continue
+            if not _type_ok(value, hints.get(key, Any)):
+                raise BrainsparseError(
+                    f"{source}: {key} {value!r:.80} is not of type {_hint_name(hints.get(key))}; restore the file or start the run again"
+                )
+            if isinstance(value, int) and not isinstance(value, bool) and hints.get(key) is float:
+                value = float(value)
+            values[key] = value
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise BrainsparseError(f"{source} is unusable ({exc}); restore it or start the run again") from None
+
+
+def _hint_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+# ------------------------------------------------------------------------------------ run folder lock
+LOCK_NAME = ".lock"
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(200).decode("utf-8", "replace").strip()
+    except OSError:
+        return "another process"
+    pid = text.split()[0] if text else ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def lock_run_folder(folder: Path) -> int:
+    """Take the exclusive OS lock (``flock``) of ``folder/.lock`` and write this process's pid
+    into it; returns the open descriptor (see :func:`unlock_run_folder`). A folder locked by a
+    live run raises :class:`BrainsparseError` naming the holder."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    for _ in range(50):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise BrainsparseError(f"cannot lock run folder '{folder}': {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BrainsparseError(
+                    f"run folder '{folder}' is in use by {_read_holder(path)} (it holds {path}); "
+                    "wait for that run to end or choose another --out"
+                ) from None
+            raise BrainsparseError(f"cannot lock run folder '{folder}': {exc.strerror}") from None
+        try:  # the file may have been removed by the holder that just ended: lock the current one
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    raise BrainsparseError(f"cannot lock run folder '{folder}': its lock file keeps changing")
+
+
+def unlock_run_folder(folder: Path, fd: int) -> None:
+    """Remove ``folder/.lock`` (while still holding it) and release the lock."""
+    try:
+        path = Path(folder) / LOCK_NAME
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+STAGING = ".overwrite"  #: a replacement run being built (``--overwrite``), not yet committed
+READY = ".overwrite.ready"  #: a committed replacement whose files are being moved into place
+
+
+class RunFolder:
+    """The folder a run writes into, locked for the run's lifetime (a context manager).
+
+    ``path`` is where the run writes. A fresh or resumed run writes straight into ``out``. With
+    ``overwrite`` over an existing run, the new run is built in ``out/.overwrite`` and the old
+    run stays untouched until :meth:`started` (called after each checkpoint) swaps the new files
+    in: the staging folder is renamed ``.overwrite.ready`` (the commit point), then the old run's
+    files are replaced. A process killed before the commit leaves the old run (the staging
+    folder is removed on the next open); one killed after it has the swap finished on the next
+    open. Stale temporary files of a killed write are removed on open.
+    """
+
+    def __init__(self, out: Path, files: Sequence[str], resume: bool = False, overwrite: bool = False, lock: bool = True):
+        self.final = Path(out)
+        self.files = list(files)
+        self.resume, self.overwrite, self.lock = resume, overwrite, lock
+        self.path = self.final
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> "RunFolder":
+        from .checkpoint import remove_stale_temporaries
+
+        out = self.final
+        prepare_run_folder(out, self.files, resume=self.resume, overwrite=self.overwrite)
+        if not self.lock:  # not the writing process (e.g. rank > 0 under torchrun)
+            return self
+        self._created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BrainsparseError(f"--out '{out}' cannot be created: {exc.strerror}; allowed: a creatable folder path") from None
+        try:
+            self._fd = lock_run_folder(out)
+        except BaseException:
+            self._remove_if_created()
+            raise
+        try:
+            finish_interrupted_swap(out, self.files)
+            remove_stale_temporaries(out)
+            prepare_run_folder(out, self.files, resume=self.resume, overwrite=self.overwrite)  # again, now locked
+            if not self.resume:
+                if any((out / f).exists() for f in self.files):
+                    self.path = out / STAGING
+                    self.path.mkdir()
+                else:
+                    clear_run_folder(out, self.files)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def started(self) -> Path:
+        """Called once a checkpoint is written: commit a staged ``--overwrite`` run (swap it in).
+        Returns the folder to write into from now on."""
+        if self.path != self.final:
+            staging, ready = self.path, self.final / READY
+            os.rename(staging, ready)  # the commit point
+            _move_into_place(self.final, self.files)
+            self.path = self.final
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._fd is None:
+            return
+        try:
+            if self.path != self.final:  # never started: drop the new run, keep the old one
+                shutil.rmtree(self.path, ignore_errors=True)
+                self.path = self.final
+        finally:
+            unlock_run_folder(self.final, self._fd)
+            self._fd = None
+            self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        """A folder this run created and left empty (it failed before writing) is removed."""
+        if self._created:
+            try:
+                self.final.rmdir()
+            except OSError:
+                pass
+
+
+def _move_into_place(out: Path, files: Sequence[str]) -> None:
+    """Replace the run files of ``out`` with those of ``out/.overwrite.ready`` (idempotent)."""
+    ready = out / READY
+    for name in files:
+        if not (ready / name).exists():
+            (out / name).unlink(missing_ok=True)
+    for entry in sorted(ready.iterdir()):
+        os.replace(entry, out / entry.name)
+    ready.rmdir()
+
+
+def finish_interrupted_swap(out: Path, files: Sequence[str]) -> None:
+    """Roll an ``--overwrite`` swap of a killed process back (uncommitted) or forward (committed)."""
+    staging, ready = out / STAGING, out / READY
+    if ready.is_dir() and not ready.is_symlink():
+        _move_into_place(out, files)
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+#: config fields a resumed run may take from the caller (where the data is, where to compute)
+RESUME_OVERRIDES = ("data_dir", "device")
+
+
+def stored_config(cls: type, out: Path, given: Any = None) -> Any:
+    """The config of the run in ``out``: ``config.json`` read strictly and checked against the
+    config stored in the checkpoint (the truth: a mismatch is an error). ``given`` (a config)
+    may change only :data:`RESUME_OVERRIDES`, where it differs from the class defaults."""
+    from .checkpoint import load_checkpoint, read_json_file
+
+    out = Path(out)
+    path = out / "config.json"
+    config = cls.from_dict(read_json_file(path, "run config"), source=f"run config '{path}'")
+    state = load_checkpoint(out / "checkpoint.pt")
+    saved = state.get("config")
+    if saved is not None:
+        truth = cls.from_dict(saved, source=f"the config in checkpoint '{out / 'checkpoint.pt'}'")
+        a, b = dataclasses.asdict(config), dataclasses.asdict(truth)
+        changed = [k for k in b if a.get(k) != b.get(k) and k not in RESUME_OVERRIDES]
+        if changed:
+            k = changed[0]
+            raise BrainsparseError(
+                f"run config '{path}' differs from the run's checkpoint in {', '.join(changed)} "
+                f"({k}: {a.get(k)!r:.60} vs {b.get(k)!r:.60}); a resumed run keeps the checkpoint's settings: "
+                "restore config.json or start a new run"
+            )
+    if given is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for key in RESUME_OVERRIDES:
+            value = getattr(given, key, None)
+            if key in defaults and value != defaults[key]:
+                config = dataclasses.replace(config, **{key: value})
+    return config
+
+
+def with_task_defaults(config: Any) -> Any:
+    """``config`` with ``method_options`` filled from the task's recipe when it is None: what the
+    papers used for this method on this task (``recipe``: None picks the recipe of the task and
+    dataset, a name picks that recipe, ``"none"`` the bare preset). A method's preset stays the
+    method; options given explicitly (``init``, ``drop_fraction``, ...) still win."""
+    if not hasattr(config, "method_options") or config.method_options is not None:
+        return config
+    from ..recipes import load_recipe, task_method_options
+
+    recipe = getattr(config, "recipe", None)
+    if recipe is not None and str(recipe).lower() == "none":
+        return dataclasses.replace(config, method_options={})
+    if recipe is None:
+        name, options = task_method_options(config.task, config.dataset, config.method)
+    else:
+        chosen = load_recipe(recipe)
+        if chosen.task != config.task:
+            raise BrainsparseError(f"recipe {recipe!r} is for task {chosen.task!r}, not {config.task!r}")
+        name, options = chosen.name, dict(chosen.method_overrides.get(config.method.lower(), {}))
+    plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}  # JSON-friendly
+    return dataclasses.replace(config, recipe=name, method_options=plain)
 
 
 def open_run(config: Any, out: Path, files: Sequence[str], resume: bool, overwrite: bool) -> Any:
@@ -105,7 +426,9 @@ def open_run(config: Any, out: Path, files: Sequence[str], resume: bool, overwri
     out = Path(out)
     if resume:
         prepare_run_folder(out, files, resume=True, overwrite=False)
-        config = type(config).from_dict(json.loads((out / "config.json").read_text()))
+        config = stored_config(type(config), out, given=config)
+    else:
+        config = with_task_defaults(config)
     config.validate()
     if not resume:
         prepare_run_folder(out, files, resume=False, overwrite=overwrite)
