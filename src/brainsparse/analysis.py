@@ -8,7 +8,6 @@ and the run-level measures ANP, AAE and ITOP (algorithms.md §8), and writes
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from .metrics.network import degree_distribution, layer_measures
 from .metrics.training import active_neuron_rate, area_across_epochs, itop_rate
 from .percolation import active_hidden_neurons
 from .report.topology import plot_adjacency, plot_degree_distributions
-from .train.checkpoint import load_checkpoint, write_json
+from .train.checkpoint import load_checkpoint, read_json_file, read_jsonl_file, write_json
 
 __all__ = ["analyze_run", "infer_chains_from_masks"]
 
@@ -67,18 +66,8 @@ def infer_chains_from_masks(masks: Mapping[str, Tensor]) -> list[list[str]]:
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BrainsparseError(f"{path} line {number} is not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise BrainsparseError(f"{path} line {number} is not a JSON object")
-        rows.append(row)
-    return rows
+    """The rows of ``metrics.jsonl`` (bounded, UTF-8, strict JSON), or one clear error."""
+    return read_jsonl_file(path, "metrics file")
 
 
 def _load_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -96,8 +85,8 @@ def _load_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         raise BrainsparseError(f"checkpoint '{path}' holds no engine masks (expected state['engine']['masks'])")
     masks: dict[str, Tensor] = {}
     for name, mask in engine["masks"].items():
-        if not isinstance(mask, Tensor) or mask.dim() != 2:
-            raise BrainsparseError(f"checkpoint '{path}': mask of layer {name!r} is not a 2-D tensor")
+        if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.numel() == 0:
+            raise BrainsparseError(f"checkpoint '{path}': mask of layer {name!r:.60} is not a non-empty 2-D tensor")
         masks[str(name)] = mask.detach().to("cpu").bool()
     return state, masks
 
@@ -156,11 +145,8 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, seed: in
         rows, rows_from = [], None
     config = None
     config_path = run_dir / "config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError:
-            config = None
+    if config_path.exists():
+        config = read_json_file(config_path, "run config")
 
     chains = _chains(state, masks)
     ever_active = engine.get("ever_active") if isinstance(engine.get("ever_active"), dict) else {}

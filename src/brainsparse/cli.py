@@ -136,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
     sub.add_parser("methods", help="list the method presets and their settings")
+
+    rep = sub.add_parser("reproduce", help="run a paper's setting (a recipe) for every method x seed and report it "
+                                           "beside the paper's numbers")
+    rep.add_argument("recipe", help="a recipe: see `brainsparse recipes`")
+    rep.add_argument("--methods", type=_str_list, default=None,
+                     help="comma-separated presets or the recipe's named variants (default: the recipe's methods)")
+    rep.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    rep.add_argument("--epochs", type=int, default=None, help="shorten the paper's budget (recipes counted in epochs)")
+    rep.add_argument("--steps", type=int, default=None, help="shorten the paper's budget (recipes counted in steps)")
+    rep.add_argument("--sparsity", type=float, default=None, help="one of the recipe's sparsity levels, e.g. 0.99 (default: its first)")
+    rep.add_argument("--profile", default=None, help="the recipe's profile (transformer-multi30k: small, paper)")
+    rep.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    rep.add_argument("--kernel", default=None, help="execution of sparse layers: auto, dense, sparse (default: the recipe's)")
+    rep.add_argument("--device", default=None, help="auto (GPU when present), cpu, cuda, cuda:N")
+    rep.add_argument("--out", default=None, help="folder for the runs and the report (default runs/<recipe>-d<density>-<budget>)")
+    rep.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sub.add_parser("recipes", help="list the recipes: what each runs and its expected wall time on 2 cores")
     return parser
 
 
@@ -223,12 +242,61 @@ def _check_resume_options(args: argparse.Namespace, stored: Path) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
+    from ._validation import check_seed
+
+    for what, values in (("methods", args.methods), ("seeds", args.seeds)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise BrainsparseError(f"--{what} repeats {', '.join(repeated)}; allowed: each value once (a repeat would count one run twice)")
+    for seed in args.seeds:
+        check_seed(seed)
     base = _config_from_args(args, args.methods[0] if args.methods else "dense", 0)
     out = args.out or f"runs/compare-{base.dataset}-d{base.density:g}"
+    _check_output_folder(Path(out))
     compare(args.methods, args.seeds, base, out, progress=not args.no_progress)
     print(Path(out, "compare.md").read_text())
     print(f"table: {out}/compare.md, {out}/compare.json; figure: {out}/compare.png")
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+    from .train.common import set_threads
+
+    set_threads(args.threads)
+    settings = {"data_dir": args.data_dir, "kernel": args.kernel.lower() if args.kernel else None, "device": args.device}
+    report = reproduce(
+        args.recipe, methods=args.methods, seeds=args.seeds, epochs=args.epochs, steps=args.steps,
+        sparsity=args.sparsity, profile=args.profile, out=args.out, progress=not args.no_progress, **settings,
+    )
+    from .reproduce import report_markdown
+
+    out = Path(report["methods"][next(iter(report["methods"]))]["seeds"][0]["folder"]).parent
+    print(report_markdown(report))
+    print(f"report: {out}/report.md, {out}/report.json; figure: {out}/report.png")
+    return 0
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or cannot be created, before anything runs."""
+    from .train.common import check_creatable
+
+    if out.exists() and not out.is_dir():
+        raise BrainsparseError(f"--out '{out}' exists and is not a folder; allowed: a folder or a path that can be created")
+    if not out.exists():
+        check_creatable(out, "--out")
+
+
+def _check_bench_results(path: Path, quick: bool) -> None:
+    """A ``--quick`` run must not replace the full results already in ``bench.json``."""
+    from .train.checkpoint import read_json_file
+
+    if not quick or not path.exists():
+        return
+    previous = read_json_file(path, "benchmark results")
+    if previous.get("quick") is False:
+        raise BrainsparseError(f"'{path}' holds full benchmark results that a --quick run would replace; "
+                               "allowed: another --out for quick runs, or drop --quick")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -238,6 +306,8 @@ def _bench(args: argparse.Namespace) -> int:
     unknown = [p for p in args.parts if p not in allowed]
     if unknown:
         raise BrainsparseError(f"unknown benchmark part {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    _check_output_folder(Path(args.out))
+    _check_bench_results(Path(args.out, "bench.json"), args.quick)
     run_benchmarks(args.out, parts=args.parts, quick=args.quick, data_dir=args.data_dir, dataset=args.dataset)
     print(Path(args.out, "bench.md").read_text())
     print(f"results: {args.out}/bench.json, {args.out}/bench.md")
@@ -254,6 +324,29 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the most text ``translate`` reads
+_MAX_INPUT_BYTES = 1 << 28
+
+
+def _input_lines(raw: bytes, name: str) -> list[str]:
+    """The sentences of UTF-8 text, one per ``\\n``-terminated line (``\\r\\n`` too); other
+    Unicode line breaks stay inside their line. Binary or non-UTF-8 input raises."""
+    if len(raw) > _MAX_INPUT_BYTES:
+        raise BrainsparseError(f"{name} is larger than {_MAX_INPUT_BYTES} bytes; allowed: split it into smaller files")
+    if b"\0" in raw:
+        raise BrainsparseError(f"{name} holds NUL bytes (binary data); allowed: UTF-8 text, one sentence per line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BrainsparseError(f"{name} is not UTF-8 text (byte {exc.start}); allowed: UTF-8 text, one sentence per line") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _translate(args: argparse.Namespace) -> int:
     from .train.common import set_threads
     from .train.checkpoint import write_text
@@ -262,15 +355,25 @@ def _translate(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.beam is not None and args.beam < 1:
         raise BrainsparseError(f"beam {args.beam!r} is invalid; allowed: a positive integer")
+    if args.output != "-":
+        target = Path(args.output)
+        if target.is_dir():
+            raise BrainsparseError(f"--output '{target}' is a folder; allowed: a file path (or - for stdout)")
+        if not target.parent.is_dir():
+            raise BrainsparseError(f"--output '{target}': folder '{target.parent}' does not exist; allowed: a file in an existing folder")
     if args.input == "-":
-        lines = sys.stdin.read().splitlines()
+        raw = sys.stdin.buffer.read(_MAX_INPUT_BYTES + 1)
+        name = "standard input"
     else:
         path = Path(args.input)
         if not path.is_file():
-            raise BrainsparseError(f"input file '{path}' does not exist")
-        lines = path.read_text(encoding="utf-8").splitlines()
+            raise BrainsparseError(f"input file '{path}' does not exist or is not a file")
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_INPUT_BYTES + 1)
+        name = f"input file '{path}'"
+    lines = _input_lines(raw, name)
     hyps = translate_lines(args.run, lines, beam=args.beam)
-    text = "".join(h + "\n" for h in hyps)
+    text = "".join(" ".join(h.split("\n")).replace("\r", " ") + "\n" for h in hyps)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -306,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "translate":
             return _translate(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
+        if args.command == "recipes":
+            from .reproduce import recipes_overview
+
+            print(recipes_overview())
+            return 0
         if args.command == "bench":
             return _bench(args)
         return _methods()

@@ -19,14 +19,11 @@ from .metrics.training import area_across_epochs  # noqa: E402
 from .methods import resolve_method  # noqa: E402
 from .train import task_entry  # noqa: E402
 from .report.plots import save_figure  # noqa: E402
-from .train.checkpoint import write_json, write_text  # noqa: E402
+from .train.checkpoint import read_json_file, read_jsonl_file, write_json, write_text  # noqa: E402
+from .train.common import with_task_defaults  # noqa: E402
 
-_RUN_KEYS_IGNORED = ("method", "seed", "data_dir")
-
-
-def _same_task(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = (set(a) | set(b)) - set(_RUN_KEYS_IGNORED)
-    return all(a.get(k) == b.get(k) for k in keys)
+#: config fields that differ between the runs of one comparison (or do not change a run)
+_RUN_KEYS_IGNORED = ("method", "seed", "data_dir", "recipe", "method_options")
 
 
 def run_or_reuse(config: Any, folder: Path, progress: bool = True) -> tuple[str, dict[str, Any]]:
@@ -34,16 +31,22 @@ def run_or_reuse(config: Any, folder: Path, progress: bool = True) -> tuple[str,
     when interrupted. ``config`` is any task's config (see :data:`brainsparse.train.TASKS`).
     Returns (what happened, summary)."""
     _, train = task_entry(config.task)
+    config = with_task_defaults(config)
     config_file = folder / "config.json"
     if config_file.exists():
-        stored = json.loads(config_file.read_text())
+        # fields the stored run predates take their defaults; where the data lives may change
+        stored = dataclasses.asdict(type(config).from_dict(read_json_file(config_file, "run config"), source=f"run config '{config_file}'"))
         wanted = dataclasses.asdict(config)
-        if not _same_task(stored, wanted) or stored.get("method") != config.method or stored.get("seed") != config.seed:
+        if any(stored.get(k) != wanted.get(k) for k in set(stored) | set(wanted) if k != "data_dir"):
             raise BrainsparseError(
                 f"run folder '{folder}' holds a run with other settings; choose another --out or delete it"
             )
         if (folder / "summary.json").exists():
-            return "reused", json.loads((folder / "summary.json").read_text())
+            summary = read_json_file(folder / "summary.json", "run summary")
+            if not isinstance(summary.get(type(config).SCORE), (int, float)) or isinstance(summary.get(type(config).SCORE), bool):
+                raise BrainsparseError(f"run summary '{folder / 'summary.json'}' lacks a numeric {type(config).SCORE}; "
+                                       "delete the file to have the run resumed, or delete the run folder")
+            return "reused", summary
         if (folder / "checkpoint.pt").exists():
             return "resumed", train(config, folder, resume=True, progress=progress)
         return "trained", train(config, folder, overwrite=True, progress=progress)
@@ -63,8 +66,8 @@ def _relative_pct(value: float, reference: float) -> float | None:
 
 
 def _curves(folder: Path, key: str) -> list[float]:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r[key] for r in rows if r.get(key) is not None]
+    rows = read_jsonl_file(folder / "metrics.jsonl", "metrics file")
+    return [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
 
 
 def compare(
@@ -88,23 +91,57 @@ def compare(
         raise BrainsparseError("no seeds given; allowed: a comma-separated list of integers such as 0,1,2")
     for m in methods:
         resolve_method(m)  # unknown names fail before anything runs
-    base.validate()
+    plan = [(method, seed, dataclasses.replace(base, method=method, seed=seed)) for method in methods for seed in seeds]
     out = Path(out)
+    runs = run_grid(plan, out, progress)  # validates every run's config before writing anything
+    table = summarize_runs(runs, cls)
+
+    result = {
+        "task": {k: v for k, v in dataclasses.asdict(base).items() if k not in _RUN_KEYS_IGNORED},
+        "score": cls.SCORE,
+        "curve": cls.CURVE,
+        "curve_x": cls.CURVE_X,
+        "higher_is_better": cls.HIGHER_IS_BETTER,
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "table": table,
+        "runs": runs,
+    }
+    write_json(out / "compare.json", result)
+    write_text(out / "compare.md", markdown_table(result))
+    plot_comparison(runs, out / "compare.png", title=f"{base.dataset}, density {base.density:g}",
+                    ylabel=cls.CURVE.replace("_", " "), xlabel=cls.CURVE_X.replace("_", " "))
+    return result
+
+
+def run_grid(plan: Sequence[tuple[str, int, Any]], out: Path, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Run (or reuse, or resume) every ``(label, seed, config)`` of ``plan`` into
+    ``out/<label>-s<seed>``; every config is completed with the task's recipe choices and
+    validated before anything is written. Returns label → one record per seed."""
+    resolved = []
+    for label, seed, config in plan:
+        config = with_task_defaults(config)
+        config.validate()
+        resolved.append((label, seed, config))
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {}
-    for method in methods:
-        for seed in seeds:
-            config = dataclasses.replace(base, method=method, seed=seed)
-            folder = out / f"{method}-s{seed}"
-            what, summary = run_or_reuse(config, folder, progress)
-            if progress:
-                print(f"{what}: {folder} ({cls.SCORE} {summary[cls.SCORE]:.4f})")
-            curve = _curves(folder, cls.CURVE)
-            runs.setdefault(method, []).append(
-                {"seed": seed, "folder": str(folder), "status": what, "summary": summary, "curve": curve,
-                 "aae": area_across_epochs(curve)}
-            )
+    for label, seed, config in resolved:
+        cls = type(config)
+        folder = out / f"{label}-s{seed}"
+        what, summary = run_or_reuse(config, folder, progress)
+        if progress:
+            print(f"{what}: {folder} ({cls.SCORE} {summary[cls.SCORE]:.4f})")
+        curve = _curves(folder, cls.CURVE)
+        runs.setdefault(label, []).append(
+            {"seed": seed, "folder": str(folder), "status": what, "summary": summary, "curve": curve,
+             "aae": area_across_epochs(curve)}
+        )
+    return runs
 
+
+def summarize_runs(runs: dict[str, list[dict[str, Any]]], cls: type) -> dict[str, Any]:
+    """Per label: mean and std over seeds of the final and best score, AAE, ANP and wall time;
+    with a ``dense`` label, every row's change of the final score and AAE relative to it."""
     table: dict[str, Any] = {}
     for method, items in runs.items():
         row = {}
@@ -123,23 +160,7 @@ def compare(
         for row in table.values():
             row["score_vs_dense_pct"] = _relative_pct(row["final_score"]["mean"], dense["final_score"]["mean"])
             row["aae_vs_dense_pct"] = _relative_pct(row["aae"]["mean"], dense["aae"]["mean"])
-
-    result = {
-        "task": {k: v for k, v in dataclasses.asdict(base).items() if k not in _RUN_KEYS_IGNORED},
-        "score": cls.SCORE,
-        "curve": cls.CURVE,
-        "curve_x": cls.CURVE_X,
-        "higher_is_better": cls.HIGHER_IS_BETTER,
-        "methods": list(methods),
-        "seeds": list(seeds),
-        "table": table,
-        "runs": runs,
-    }
-    write_json(out / "compare.json", result)
-    write_text(out / "compare.md", markdown_table(result))
-    plot_comparison(runs, out / "compare.png", title=f"{base.dataset}, density {base.density:g}",
-                    ylabel=cls.CURVE.replace("_", " "), xlabel=cls.CURVE_X.replace("_", " "))
-    return result
+    return table
 
 
 def markdown_table(result: dict[str, Any]) -> str:

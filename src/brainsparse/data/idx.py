@@ -72,11 +72,14 @@ def _readinto_exact(f: BinaryIO, buf: memoryview) -> int:
     return total
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, expect: tuple[int | None, ...] | None = None,
+             max_bytes: int | None = None) -> np.ndarray:
     """Read an IDX file (gzipped or raw) into a writable numpy array in native byte order.
 
     Raises :class:`DataNotFoundError` naming the file when it is missing, is not an IDX
-    file, or is truncated / has trailing bytes / is a damaged gzip stream.
+    file, or is truncated / has trailing bytes / is a damaged gzip stream. ``expect`` (sizes,
+    None for any size >= 1) and ``max_bytes`` are checked against the header before any data
+    is read, so a file declaring another shape or too much data is refused up front.
     """
     path = Path(path)
     if not path.exists():
@@ -93,13 +96,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw.seek(0)
         stream: BinaryIO = _gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            return _parse(stream, path, compressed, file_size)
+            return _parse(stream, path, compressed, file_size, expect, max_bytes)
         except (EOFError, zlib.error, _gzip.BadGzipFile) as exc:
             if isinstance(exc, EOFError):
                 what = "the gzip stream is truncated (it ends before its end-of-stream marker)"
             else:
                 what = f"the gzip stream is corrupt ({exc}), e.g. damaged data or trailing garbage"
             raise _fail(path, what) from None
+        except DataNotFoundError:
+            raise
         except OSError as exc:
             raise _fail(path, f"read error ({exc})") from None
         finally:
@@ -107,7 +112,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                 stream.close()
 
 
-def _parse(f: BinaryIO, path: Path, compressed: bool, file_size: int) -> np.ndarray:
+def _parse(f: BinaryIO, path: Path, compressed: bool, file_size: int,
+           expect: tuple[int | None, ...] | None = None, max_bytes: int | None = None) -> np.ndarray:
     head = _read_exact(f, 4)
     if len(head) < 4:
         raise _fail(path, f"truncated header: {len(head)} of the 4 magic bytes present")
@@ -137,6 +143,15 @@ def _parse(f: BinaryIO, path: Path, compressed: bool, file_size: int) -> np.ndar
     need = count * dtype.itemsize
     header_len = 4 + 4 * ndim
     shape_txt = "x".join(str(d) for d in shape)
+    if expect is not None:
+        fits = len(shape) == len(expect) and all(d >= 1 if e is None else d == e for d, e in zip(shape, expect))
+        if not fits:
+            want = ", ".join("N" if e is None else str(e) for e in expect) + ("," if len(expect) == 1 else "")
+            raise _fail(path, f"expected shape ({want}) with N >= 1 but the header declares shape {tuple(shape)}",
+                        "check that this is the right file, else delete it and re-download it")
+    if max_bytes is not None and need > max_bytes:
+        raise _fail(path, f"the header declares shape {shape_txt} of {_TYPE_NAMES[code]}, {need} bytes, over the "
+                          f"{max_bytes}-byte limit of this dataset", "check that this is the right file")
     if not compressed:
         have = file_size - header_len
         if have < need:

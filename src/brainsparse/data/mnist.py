@@ -222,15 +222,19 @@ def num_classes(name: str) -> int:
     return dataset_info(name).num_classes
 
 
+#: the most data one IDX file of the MNIST family may declare (EMNIST ByClass, the largest, holds 547 MB)
+MAX_IDX_BYTES = 1 << 30
+
+
 def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike,
                   info: DatasetInfo | str) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate one images/labels pair; returns (uint8 images N x 28 x 28 upright, int64 labels)."""
     if isinstance(info, str):
         info = dataset_info(info)
     images_path, labels_path = Path(images_path), Path(labels_path)
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
     h, w = info.image_shape
+    images = read_idx(images_path, expect=(None, h, w), max_bytes=MAX_IDX_BYTES)
+    labels = read_idx(labels_path, max_bytes=MAX_IDX_BYTES)
     if images.ndim != 3 or images.shape[1:] != (h, w):
         raise DataNotFoundError(
             f"{images_path}: expected {info.name} images of shape (N, {h}, {w}) but the file holds shape "

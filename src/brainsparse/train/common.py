@@ -283,9 +283,9 @@ class RunFolder:
         from .checkpoint import remove_stale_temporaries
 
         out = self.final
-        prepare_run_folder(out, self.files, resume=self.resume, overwrite=self.overwrite)
         if not self.lock:  # not the writing process (e.g. rank > 0 under torchrun)
             return self
+        prepare_run_folder(out, self.files, resume=self.resume, overwrite=self.overwrite)
         self._created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)

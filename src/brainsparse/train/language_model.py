@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._validation import check_density, check_positive_int, check_unit_interval
+from .._validation import check_density, check_positive_int, check_seed, check_unit_interval
 from ..data.text import Corpus, eval_windows, lm_batch, load_corpus, pack_windows, text_dataset_name
 from ..engine import DynamicSparseEngine, sparsify
 from ..errors import BrainsparseError
@@ -33,7 +33,7 @@ from ..models.llama import llama_config, llama_sparse_layout
 from ..report.plots import plot_step_curves
 from . import distributed as dd
 from .checkpoint import load_checkpoint, write_json
-from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device
+from .common import ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, stored_config
 from .loop import StepRun, run_steps
 from .lr import warmup_cosine
 
@@ -41,9 +41,6 @@ RUN_FILES = ("config.json", "metrics.jsonl", "updates.jsonl", "checkpoint.pt", "
 MODELS = (*LLAMA_PRESETS, "hf-llama-tiny")
 #: the spec's LLaMA settings for the Cannistraci-Hebb methods (algorithms.md §9): cosine-annealed
 #: ζ, soft removal temperature 1 → 9, CH2-L3 in matrix form
-_CH_LLAMA = {"drop_schedule": "cosine", "removal_temperature": (1.0, 9.0), "regrowth": "ch2_l3", "regrowth_exact": False}
-
-
 @dataclass
 class LMConfig(ConfigDict):
     """Settings of one language-model run. Defaults: ``llama-tiny`` on PTB, sized to train on
@@ -78,6 +75,8 @@ class LMConfig(ConfigDict):
     beta: float | None = None
     r: float | None = None
     regrowth_exact: bool | None = None
+    recipe: str | None = None  # whose per-task method choices apply: None = the task's recipe, "none" = bare preset
+    method_options: dict[str, Any] | None = None  # the recipe's overrides of the method preset (filled at start)
     weight_init: str = "keep"  # the model's own N(0, 0.02²) initialisation, masked
     kernel: str = "auto"  # auto | dense | sparse (dense under torchrun)
     device: str = "auto"  # auto (GPU when present) | cpu | cuda | cuda:N; under torchrun: cuda:LOCAL_RANK or cpu
@@ -114,17 +113,20 @@ class LMConfig(ConfigDict):
         if self.init is not None and self.init.lower() == "csti":
             raise BrainsparseError("init 'csti' needs input features; a language model's sparse layers see "
                                    "hidden states, so choose uniform, er, erk, bsw, bsf or brf")
+        check_seed(self.seed)
         for name in ("beta", "r"):
             if getattr(self, name) is not None:
                 check_unit_interval(getattr(self, name), name)
-        resolve_method(self.method, **self.method_overrides())
+        check_init_params(self)
+        if resolve_method(self.method, **self.method_overrides()).init == "csti":
+            raise BrainsparseError(f"method {self.method!r} starts from CSTI, which needs input features; a language "
+                                   "model's sparse layers see hidden states: pass --init uniform, er, erk, bsw, bsf or brf")
 
     def method_overrides(self) -> dict[str, Any]:
         """The LLaMA settings of the spec and the options that change the method preset."""
-        out: dict[str, Any] = dict(_CH_LLAMA) if self.method in ("cht", "chts", "chtss") else {}
+        out = method_option_overrides(self)
         if self.method not in ("dense", "neuroprune"):
             out["weight_init"] = self.weight_init
-        out.update(method_option_overrides(self))
         return out
 
 
@@ -289,7 +291,7 @@ def train_language_model(
     if dd.env_rank() == 0:  # checks the folder before anything is written
         config = open_run(config, out, RUN_FILES, resume, overwrite)
     else:  # rank 0 may already be writing the folder: only read the stored config
-        config = LMConfig.from_dict(json.loads((out / "config.json").read_text())) if resume else config
+        config = stored_config(LMConfig, out, given=config) if resume else config
         config.validate()
     device = resolve_device(config.device)
     ctx = dd.init_distributed(cuda=device.type == "cuda")
@@ -302,21 +304,22 @@ def train_language_model(
         state = load_checkpoint(out / "checkpoint.pt")
         if ctx.rank > 0:
             state["rng_state"] = torch.get_rng_state()  # this rank's own dropout stream
-    elif ctx.is_main:
-        clear_run_folder(out, RUN_FILES)
-        write_json(out / "config.json", dataclasses.asdict(config))
-    history, wall = run_steps(
-        run.step_run(), steps=config.steps, eval_every=config.eval_every, out=out, config=dataclasses.asdict(config),
-        state=state, progress=progress, stop_after_evals=stop_after_evals, progress_keys=(("valid_ppl", "valid ppl"),),
-        is_writer=ctx.is_main, before_engine_step=run.before_engine_step, after_engine_step=run.after_engine_step,
-    )
-    done = bool(history) and history[-1]["step"] == config.steps
-    test = run.evaluate("test") if done else {}
-    summary = summarize(config, corpus, history, wall, test, ctx.world_size)
-    if ctx.is_main and history:
-        plot_step_curves(history, out / "curves.png", score="valid_ppl", title=_title(config), log_score=True)
-        if done:
-            write_json(out / "summary.json", summary)
+    with RunFolder(out, RUN_FILES, resume=resume, overwrite=overwrite, lock=ctx.is_main) as folder:
+        if not resume and ctx.is_main:
+            write_json(folder.path / "config.json", dataclasses.asdict(config))
+        history, wall = run_steps(
+            run.step_run(), steps=config.steps, eval_every=config.eval_every, out=folder.path,
+            config=dataclasses.asdict(config), state=state, progress=progress, stop_after_evals=stop_after_evals,
+            progress_keys=(("valid_ppl", "valid ppl"),), is_writer=ctx.is_main, before_engine_step=run.before_engine_step,
+            after_engine_step=run.after_engine_step, on_checkpoint=folder.started if ctx.is_main else None,
+        )
+        done = bool(history) and history[-1]["step"] == config.steps
+        test = run.evaluate("test") if done else {}
+        summary = summarize(config, corpus, history, wall, test, ctx.world_size)
+        if ctx.is_main and history:
+            plot_step_curves(history, folder.path / "curves.png", score="valid_ppl", title=_title(config), log_score=True)
+            if done:
+                write_json(folder.path / "summary.json", summary)
     dd.shutdown(ctx)
     return summary
 

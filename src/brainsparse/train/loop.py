@@ -83,6 +83,7 @@ def run_steps(
     is_writer: bool = True,
     before_engine_step: Callable[[], None] | None = None,
     after_engine_step: Callable[[dict[str, Any] | None], None] | None = None,
+    on_checkpoint: Callable[[], Path] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train ``run`` up to ``steps`` optimizer steps; returns (history, wall time in seconds).
 
@@ -96,16 +97,26 @@ def run_steps(
     ``is_writer`` writes files and shows progress; ``before_engine_step()`` runs between the
     optimizer step and ``engine.step()`` (e.g. to all-reduce the gradients kept for scores) and
     ``after_engine_step(record)`` right after it with the update record or None (e.g. to
-    broadcast rank 0's topology).
+    broadcast rank 0's topology). ``on_checkpoint()`` runs after each checkpoint and returns the
+    folder to write into from then on (a staged ``--overwrite`` run is swapped in there).
+    A loss that is no longer finite stops the run with :class:`BrainsparseError`; the last
+    checkpoint stays as it was.
     """
     if steps < 1 or eval_every < 1:
         raise BrainsparseError(f"steps {steps!r} and eval_every {eval_every!r} must be positive integers")
     history: list[dict[str, Any]] = []
     step, wall = 0, 0.0
     if state is not None:
-        run.load_state_dict(state)
-        history, step, wall = list(state["history"]), int(state["step"]), float(state["wall_time_s"])
-        torch.set_rng_state(state["rng_state"])
+        try:
+            run.load_state_dict(state)
+            history, step, wall = list(state["history"]), int(state["step"]), float(state["wall_time_s"])
+            torch.set_rng_state(state["rng_state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise BrainsparseError(f"checkpoint '{out / 'checkpoint.pt'}' does not fit this run ({type(exc).__name__}: "
+                                   f"{str(exc)[:160]}); start the run again with --overwrite") from None
+        if not 0 <= step <= steps or any(not isinstance(r, dict) for r in history):
+            raise BrainsparseError(f"checkpoint '{out / 'checkpoint.pt'}' holds step {step} of {steps}; "
+                                   "start the run again with --overwrite")
         if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_state"])  # dropout on the GPU
     loss_sum, items, evals = 0.0, 0, 0
@@ -124,7 +135,10 @@ def run_steps(
         run.optimizer.zero_grad(set_to_none=True)
         loss, n = run.loss_of(batch)
         if not math.isfinite(float(loss.detach())):
-            raise BrainsparseError(f"the training loss became {float(loss)} at step {step}; lower --lr")
+            kept = (f"the last good checkpoint (step {history[-1]['step']}) is kept" if history
+                    else "no checkpoint was written yet")
+            raise BrainsparseError(f"training diverged: the training loss became {float(loss)} at step {step}; "
+                                   f"{kept}; try a lower --lr")
         loss.backward()
         if run.grad_clip:
             nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
@@ -159,6 +173,8 @@ def run_steps(
                 )
                 write_jsonl(out / "metrics.jsonl", history)
                 write_jsonl(out / "updates.jsonl", run.engine.history)  # one row per topology update
+                if on_checkpoint is not None:
+                    out = on_checkpoint()
             if progress and is_writer:
                 tqdm.write(progress_line(record, steps, progress_keys))
             loss_sum, items, evals = 0.0, 0, evals + 1

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._validation import check_density, check_positive_int, check_unit_interval
+from .._validation import check_density, check_language_code, check_nonnegative, check_positive_int, check_seed, check_unit_interval
 from ..data.translation import BOS, EOS, PAD, Batch, Vocabulary, load_parallel, make_batch, token_batches
 from ..engine import sparsify
 from ..errors import BrainsparseError
@@ -27,8 +27,8 @@ from ..methods import INITS, resolve_method
 from ..models.decoding import beam_search
 from ..models.transformer import PRESETS, Seq2SeqTransformer, transformer_config
 from ..report.plots import plot_step_curves
-from .checkpoint import load_checkpoint, write_json, write_text
-from .common import ConfigDict, clear_run_folder, method_option_overrides, open_run, resolve_device
+from .checkpoint import atomic_write, load_checkpoint, read_json_file, write_json, write_text
+from .common import ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, stored_config
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
 
@@ -73,6 +73,8 @@ class TranslationConfig(ConfigDict):
     beta: float | None = None
     r: float | None = None
     regrowth_exact: bool | None = None
+    recipe: str | None = None  # whose per-task method choices apply: None = the task's recipe, "none" = bare preset
+    method_options: dict[str, Any] | None = None  # the recipe's overrides of the method preset (filled at start)
     kernel: str = "dense"  # auto | dense | sparse
     device: str = "auto"  # auto (GPU when present) | cpu | cuda | cuda:N
     train_subset: int | None = None
@@ -99,16 +101,22 @@ class TranslationConfig(ConfigDict):
             raise BrainsparseError(f"dropout {self.dropout!r} is invalid; allowed: [0, 1)")
         if self.init is not None and self.init.lower() not in INITS:
             raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
+        check_seed(self.seed)
+        check_language_code(self.source, "source")
+        check_language_code(self.target, "target")
+        check_nonnegative(self.weight_decay, "weight_decay")
+        check_positive_int(self.rewarm_steps, "rewarm-steps")
         for key in ("beta", "r"):
             if getattr(self, key) is not None:
                 check_unit_interval(getattr(self, key), key)
+        check_init_params(self)
         resolve_method(self.method, **self.method_overrides())
 
     def method_overrides(self) -> dict[str, Any]:
         """Options that change the method preset (CSTI needs input features, which token ids are
         not: a preset asking for it starts from BSW instead unless ``init`` says otherwise)."""
         out = method_option_overrides(self)
-        if self.init is None and resolve_method(self.method).init == "csti":
+        if self.init is None and out.get("init", resolve_method(self.method).init) == "csti":
             out["init"] = "bsw"
         return out
 
@@ -143,6 +151,10 @@ def prepare_data(config: TranslationConfig, vocab: Vocabulary | None = None) -> 
     if vocab is None:
         vocab = Vocabulary.train(train_src + train_tgt, vocab_size=config.vocab_size, seed=config.seed)
     enc_train = (vocab.encode(train_src), vocab.encode(train_tgt))
+    for split in ("train", "valid", "test"):
+        if not splits[split][0] or (split == "train" and not train_src):
+            raise BrainsparseError(f"the {split} split of {config.dataset} ({pair[0]}-{pair[1]}) holds no sentences; "
+                                   "allowed: a corpus whose train, valid and test splits all hold sentences")
     batches = token_batches(*enc_train, config.batch_tokens, max_len=config.max_len)
     if not batches:
         raise BrainsparseError(f"no training pair fits max_len {config.max_len}; raise --max-len")
@@ -261,29 +273,50 @@ def train_translation(
     out = Path(out)
     config = open_run(config, out, RUN_FILES, resume, overwrite)
 
-    vocab = Vocabulary.load(out / "vocab.model") if resume else None
+    vocab = load_vocabulary(out / "vocab.model") if resume else None
     data = prepare_data(config, vocab)
     run = _TranslationRun(config, data)
     state = load_checkpoint(out / "checkpoint.pt") if resume else None
-    if not resume:
-        clear_run_folder(out, [*RUN_FILES, f"test.hyp.{data.pair[1]}"])
-        write_json(out / "config.json", dataclasses.asdict(config))
-        (out / "vocab.model").write_bytes(data.vocab.proto)
+    hyp_name = f"test.hyp.{check_language_code(data.pair[1], 'target')}"
+    with RunFolder(out, [*RUN_FILES, hyp_name], resume=resume, overwrite=overwrite) as folder:
+        if not resume:
+            write_json(folder.path / "config.json", dataclasses.asdict(config))
+            write_bytes(folder.path / "vocab.model", data.vocab.proto)
+        history, wall = run_steps(
+            run.loop, steps=config.steps, eval_every=config.eval_every, out=folder.path, config=dataclasses.asdict(config),
+            state=state, progress=progress, stop_after_evals=stop_after_evals,
+            progress_keys=(("valid_ppl", "valid ppl"), ("valid_bleu", "valid BLEU")), on_checkpoint=folder.started,
+        )
+        if history:
+            plot_step_curves(history, folder.path / "curves.png", score="valid_bleu", title=_title(config))
+        if not history or history[-1]["step"] < config.steps:
+            return {"steps_completed": history[-1]["step"] if history else 0}
+        hyps = data.vocab.decode(translate_ids(run.model, data.test_src, config.beam))
+        write_text(folder.path / hyp_name, "".join(h + "\n" for h in hyps))
+        summary = summarize(config, history, wall, bleu(hyps, data.test_refs), data.pair)
+        write_json(folder.path / "summary.json", summary)
+        return summary
 
-    history, wall = run_steps(
-        run.loop, steps=config.steps, eval_every=config.eval_every, out=out, config=dataclasses.asdict(config),
-        state=state, progress=progress, stop_after_evals=stop_after_evals,
-        progress_keys=(("valid_ppl", "valid ppl"), ("valid_bleu", "valid BLEU")),
-    )
-    if history:
-        plot_step_curves(history, out / "curves.png", score="valid_bleu", title=_title(config))
-    if not history or history[-1]["step"] < config.steps:
-        return {"steps_completed": history[-1]["step"] if history else 0}
-    hyps = data.vocab.decode(translate_ids(run.model, data.test_src, config.beam))
-    write_text(out / f"test.hyp.{data.pair[1]}", "".join(h + "\n" for h in hyps))
-    summary = summarize(config, history, wall, bleu(hyps, data.test_refs), data.pair)
-    write_json(out / "summary.json", summary)
-    return summary
+
+#: the largest vocabulary file read back from a run folder
+MAX_VOCAB_BYTES = 1 << 26
+
+
+def load_vocabulary(path: Path) -> Vocabulary:
+    """The sentencepiece vocabulary of a run folder (bounded read); a missing or damaged file
+    raises :class:`BrainsparseError` naming it."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        raise BrainsparseError(f"vocabulary '{path}' is missing or not a file; the run cannot be used: start it again with --overwrite")
+    with open(path, "rb") as fh:
+        proto = fh.read(MAX_VOCAB_BYTES + 1)
+    if len(proto) > MAX_VOCAB_BYTES or not proto:
+        raise BrainsparseError(f"vocabulary '{path}' is {'empty' if not proto else 'too large'}; start the run again with --overwrite")
+    try:
+        return Vocabulary(proto)
+    except Exception as exc:  # sentencepiece raises RuntimeError or its own errors on a damaged model
+        raise BrainsparseError(f"vocabulary '{path}' is damaged ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
+                               "start the run again with --overwrite") from None
 
 
 def _title(config: TranslationConfig) -> str:
@@ -318,16 +351,25 @@ def summarize(
     }
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
 def load_translator(run_folder: str | Path) -> tuple[Seq2SeqTransformer, Vocabulary, TranslationConfig]:
     """The trained model (with its sparse masks applied), vocabulary and config of a run folder."""
     folder = Path(run_folder)
+    if not folder.is_dir():
+        raise BrainsparseError(f"'{folder}' is not a translation run folder: it does not exist or is not a folder")
     for name in ("config.json", "vocab.model", "checkpoint.pt"):
         if not (folder / name).exists():
             raise BrainsparseError(f"'{folder}' is not a translation run folder: it lacks {name}")
-    config = TranslationConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    if json.loads((folder / "config.json").read_text()).get("task") != "translation":
-        raise BrainsparseError(f"'{folder}' holds a run of another task, not translation")
-    vocab = Vocabulary.load(folder / "vocab.model")
+    raw = read_json_file(folder / "config.json", "run config")
+    if raw.get("task") != "translation":
+        raise BrainsparseError(f"'{folder}' holds a run of task {raw.get('task')!r:.40}, not translation")
+    config = stored_config(TranslationConfig, folder)
+    config.validate()
+    vocab = load_vocabulary(folder / "vocab.model")
     torch.manual_seed(config.seed)
     model = build_model(config, len(vocab)).to(resolve_device(config.device))
     engine = sparsify(
@@ -336,8 +378,12 @@ def load_translator(run_folder: str | Path) -> tuple[Seq2SeqTransformer, Vocabul
         seed=config.seed, kernel=config.kernel, batch_size=max(1, config.batch_tokens // 2),
     )
     state = load_checkpoint(folder / "checkpoint.pt")
-    engine.load_state_dict(state["engine"])
-    model.load_state_dict(state["model"])
+    try:
+        engine.load_state_dict(state["engine"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise BrainsparseError(f"checkpoint '{folder / 'checkpoint.pt'}' does not fit the run's model "
+                               f"({type(exc).__name__}: {str(exc)[:160]}); it cannot be used") from None
     model.eval()
     return model, vocab, config
 
