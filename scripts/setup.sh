@@ -31,6 +31,6 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet "torch==2.13.0"
 fi
 extra=""
-[ "${1:-}" = "test" ] && extra="[test]"
+[ "${1:-}" = "test" ] && extra="[test,docs]"
 "$PY" -m pip install --quiet -e ".${extra}"
 echo "setup: brainsparse installed in $(cd "$VENV" && pwd) — run it as $VENV/bin/brainsparse, or 'source $VENV/bin/activate' first" >&2
