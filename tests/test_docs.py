@@ -1,5 +1,6 @@
 """The documentation site: every example runs, every Python block on a page is an example file,
-every command shown parses, and the site builds with ``mkdocs build --strict``."""
+every ``brainsparse`` command shown (pages and README) parses, the README's Python blocks run, and
+the site builds with ``mkdocs build --strict``."""
 
 from __future__ import annotations
 
@@ -131,3 +132,14 @@ def test_site_builds_strict(tmp_path):
     assert (tmp_path / "site" / "index.html").is_file()
     api = (tmp_path / "site" / "api" / "engine" / "index.html").read_text(encoding="utf-8")
     assert "DynamicSparseEngine" in api and ":class:" not in api
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    """The README is not on the site, but its Python blocks run too (in order, one namespace)."""
+    blocks = [body for lang, body in _blocks(ROOT / "README.md") if lang == "python"]
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for body in blocks:
+            exec(compile(body, str(ROOT / "README.md"), "exec"), namespace)  # noqa: S102
