@@ -1,0 +1,378 @@
+"""Hostile and careless command lines against every command, in-process.
+
+Every bad input must end with a non-zero exit, exactly one ``brainsparse: error:`` line on
+stderr, no traceback, and every run folder that existed before byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brainsparse.cli import main
+
+from conftest import make_fake_mnist
+
+WORDS = {"a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "big": "großer", "the": "der"}
+
+
+def write_corpus(folder: Path, n_train: int = 200, n_eval: int = 12, seed: int = 0) -> Path:
+    """A Multi30k-layout word-by-word 'translation' corpus."""
+    rng = random.Random(seed)
+    keys = sorted(WORDS)
+    root = folder / "multi30k"
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, n in (("train", n_train), ("val", n_eval), ("test_2016_flickr", n_eval)):
+        en = [" ".join(rng.choice(keys) for _ in range(rng.randint(2, 5))) for _ in range(n)]
+        de = [" ".join(WORDS[w] for w in s.split()) for s in en]
+        for lang, lines in (("en", en), ("de", de)):
+            with gzip.open(root / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as fh:
+                fh.write("".join(line + "\n" for line in lines))
+    return folder
+
+
+def cls_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--dataset", "mnist", "--data-dir", str(data), "--method", "set", "--density", "0.2",
+            "--hidden", "8", "--train-subset", "64", "--epochs", "1", "--device", "cpu", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def mt_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--task", "translation", "--data-dir", str(corpus), "--model", "tiny", "--method", "set",
+            "--density", "0.3", "--steps", "4", "--eval-every", "2", "--batch-tokens", "300", "--warmup", "2",
+            "--vocab-size", "60", "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Finished runs (classification, translation, a comparison) and damaged copies of them."""
+    root = tmp_path_factory.mktemp("fuzz")
+    data = make_fake_mnist(root / "data" / "mnist", n_train=200, n_test=60)
+    corpus = write_corpus(root / "data" / "corpus")
+    runs = root / "runs"
+    assert main(cls_args(data, runs / "cls")) == 0
+    assert main(mt_args(corpus, runs / "mt")) == 0
+    assert main(["compare", "--dataset", "mnist", "--data-dir", str(data), "--methods", "set", "--seeds", "0",
+                 "--density", "0.2", "--hidden", "8", "--train-subset", "64", "--epochs", "1", "--device", "cpu",
+                 "--no-progress", "--out", str(runs / "cmp")]) == 0
+    damaged = {}
+    ck = (runs / "cls" / "checkpoint.pt").read_bytes()
+    variants = {
+        "truncated": ck[: len(ck) // 2],
+        "empty": b"",
+        "random": random.Random(0).randbytes(4096),
+        "text": b"not a checkpoint\n",
+        "zip-header-only": ck[:64],
+    }
+    for name, content in variants.items():
+        folder = runs / f"cls-ck-{name}"
+        shutil.copytree(runs / "cls", folder)
+        (folder / "checkpoint.pt").write_bytes(content)
+        damaged[f"ck-{name}"] = folder
+    folder = runs / "cls-ck-dir"
+    shutil.copytree(runs / "cls", folder)
+    (folder / "checkpoint.pt").unlink()
+    (folder / "checkpoint.pt").mkdir()
+    damaged["ck-dir"] = folder
+    for name, content in {"empty": b"", "bad": b"{not json", "list": b"[1, 2]", "nan": b'{"density": NaN}',
+                          "binary": b"\xff\xfe\x00\x01", "types": b'{"task": "classification", "density": "x"}',
+                          "task": b'{"task": 7}', "hidden": b'{"task": "classification", "hidden": [0]}'}.items():
+        folder = runs / f"cls-config-{name}"
+        shutil.copytree(runs / "cls", folder)
+        (folder / "config.json").write_bytes(content)
+        damaged[f"config-{name}"] = folder
+    folder = runs / "cls-config-missing"
+    shutil.copytree(runs / "cls", folder)
+    (folder / "config.json").unlink()
+    damaged["config-missing"] = folder
+    for name, content in {"bad": b"{oops\n", "binary": b"\xff\xfe\n", "nan": b'{"test_accuracy": NaN}\n'}.items():
+        folder = runs / f"cls-metrics-{name}"
+        shutil.copytree(runs / "cls", folder)
+        (folder / "metrics.jsonl").write_bytes(content)
+        damaged[f"metrics-{name}"] = folder
+    for name, content in {"empty": b"", "random": random.Random(1).randbytes(512)}.items():
+        folder = runs / f"mt-vocab-{name}"
+        shutil.copytree(runs / "mt", folder)
+        (folder / "vocab.model").write_bytes(content)
+        damaged[f"vocab-{name}"] = folder
+    for name in ("truncated", "empty", "random"):
+        folder = runs / f"mt-ck-{name}"
+        shutil.copytree(runs / "mt", folder)
+        (folder / "checkpoint.pt").write_bytes(variants[name])
+        damaged[f"mt-ck-{name}"] = folder
+    folder = runs / "mt-target"
+    shutil.copytree(runs / "mt", folder)
+    text = (folder / "config.json").read_text().replace('"target": null', '"target": "de/../../x"')
+    (folder / "config.json").write_text(text)
+    damaged["mt-target"] = folder
+    for name, content in {"bad": b"{", "noscore": b'{"method": "set"}', "nan": b'{"final_test_accuracy": NaN}'}.items():
+        folder = runs / f"cmp-summary-{name}"
+        shutil.copytree(runs / "cmp", folder)
+        (folder / "set-s0" / "summary.json").write_bytes(content)
+        damaged[f"summary-{name}"] = folder
+    scratch = root / "scratch"
+    scratch.mkdir()
+    (scratch / "afile").write_text("x")
+    (scratch / "binary.txt").write_bytes(b"\x00\x01\x02binary\xff")
+    (scratch / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (scratch / "ok.txt").write_text("a dog runs\n")
+    return {"root": root, "data": data, "corpus": corpus, "runs": runs, "damaged": damaged, "scratch": scratch}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Hash of every file (and the list of folders) under ``folder``."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return out
+
+
+def check_refused(argv: list[str], world, capsys, contains: str | None = None) -> str:
+    """Run ``argv``; assert the refusal contract; return the error line."""
+    before = snapshot(world["runs"])
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's --help etc. must not be used here
+        rc = exc.code
+    out, err = capsys.readouterr()
+    assert rc not in (0, None), (argv, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("brainsparse: error:")]
+    assert len(errors) == 1, (argv, err)
+    assert "Traceback" not in err and "Traceback" not in out, (argv, err)
+    assert snapshot(world["runs"]) == before, argv
+    if contains is not None:
+        assert contains in errors[0], (argv, errors[0])
+    return errors[0]
+
+
+def static_cases(w) -> list[tuple[list[str], str | None]]:
+    data, corpus, runs, d, s = w["data"], w["corpus"], w["runs"], w["damaged"], w["scratch"]
+    new = s / "new-run"
+    cls = lambda *extra: cls_args(data, new, *extra)  # noqa: E731
+    cases: list[tuple[list[str], str | None]] = [
+        # ---------------------------------------------------------------- train: options
+        (cls("--density", "0"), "density"),
+        (cls("--density", "1.5"), "density"),
+        (cls("--density", "nan"), "density"),
+        (cls("--density=-inf"), "density"),
+        (cls("--density", "abc"), "--density"),
+        (cls("--epochs", "0"), "epochs"),
+        (cls("--epochs=-3"), "epochs"),
+        (cls("--epochs", "1.5"), "--epochs"),
+        (cls("--hidden", ""), "hidden"),
+        (cls("--hidden", ","), "hidden"),
+        (cls("--hidden", "8,0"), "hidden"),
+        (cls("--hidden", "8,-1"), "hidden"),
+        (cls("--hidden", "a,b"), "--hidden"),
+        (cls("--lr", "0"), "lr"),
+        (cls("--lr=-1"), "lr"),
+        (cls("--lr", "inf"), "lr"),
+        (cls("--lr", "nan"), "lr"),
+        (cls("--momentum=-0.1"), "momentum"),
+        (cls("--momentum", "nan"), "momentum"),
+        (cls("--momentum", "1.5"), "momentum"),
+        (cls("--weight-decay=-1e-4"), "weight_decay"),
+        (cls("--weight-decay", "nan"), "weight_decay"),
+        (cls("--weight-decay", "inf"), "weight_decay"),
+        (cls("--beta", "0.3"), "--beta"),  # set starts from uniform: beta means nothing
+        (cls("--r", "0.3"), "--r"),
+        (cls("--init", "bsw", "--r", "0.3"), "--r"),
+        (cls("--init", "bsw", "--beta", "2"), "beta"),
+        (cls("--init", "brf", "--r=-0.5"), "r"),
+        (cls("--init", "nosuch"), "init"),
+        (cls("--method", "nosuch"), "nosuch"),
+        (cls("--kernel", "gpu-magic"), "kernel"),
+        (cls("--device", "tpu"), "device"),
+        (cls("--seed=-1"), "seed"),
+        (cls("--seed", str(2**63)), "seed"),
+        (cls("--seed", str(2**40)), "seed"),
+        (cls("--batch-size", "0"), "batch_size"),
+        (cls("--train-subset", "0"), "train_subset"),
+        (cls("--update-every", "0"), "update_every"),
+        (cls("--threads", "0"), "threads"),
+        (cls("--steps", "10"), "--steps"),
+        (cls("--beam", "2"), "--beam"),
+        (cls("--dataset", "nosuch"), "nosuch"),
+        (cls("--data-dir", str(s / "missing")), None),
+        (cls("--ch-form", "other"), "--ch-form"),
+        (cls("--nosuch-option"), "nosuch"),
+        (["train", "--task", "vision"], "--task"),
+        (["nosuch-command"], None),
+        ([], None),
+        # ---------------------------------------------------------------- train: run folders
+        (cls_args(data, runs / "cls"), "already holds a run"),
+        (cls_args(data, runs / "cls", "--epochs", "2"), "already holds a run"),
+        (cls_args(data, s / "afile"), "not a folder"),
+        (cls_args(data, s / "afile" / "sub"), "cannot be created"),
+        (cls_args(data, s / "nope", "--resume"), "checkpoint"),
+        (["train", "--resume", "--out", str(runs / "cls"), "--lr", "0.5"], "--lr"),
+        (["train", "--resume", "--out", str(runs / "cls"), "--epochs", "3"], "--epochs"),
+        (["train", "--resume", "--out", str(runs / "cls"), "--method", "chts"], "--method"),
+        (["train", "--resume", "--out", str(runs / "cls"), "--seed", "5"], "--seed"),
+        (["train", "--resume", "--out", str(runs / "mt"), "--steps", "99"], "--steps"),
+        (["train", "--resume", "--out", str(runs / "cls"), "--hidden", "16"], "--hidden"),
+        # ---------------------------------------------------------------- translation options
+        (mt_args(corpus, new, "--target", "de/../../x"), "target"),
+        (mt_args(corpus, new, "--source", "../en"), "source"),
+        (mt_args(corpus, new, "--target", "en"), None),
+        (mt_args(corpus, new, "--model", "huge"), "huge"),
+        (mt_args(corpus, new, "--label-smoothing", "1"), "label_smoothing"),
+        (mt_args(corpus, new, "--dropout=-0.1"), "dropout"),
+        (mt_args(corpus, new, "--dropout", "nan"), "dropout"),
+        (mt_args(corpus, new, "--beam", "0"), "beam"),
+        (mt_args(corpus, new, "--weight-decay=-1"), "weight_decay"),
+        (mt_args(corpus, new, "--epochs", "2"), "--epochs"),
+        (mt_args(corpus, new, "--hidden", "8"), "--hidden"),
+        (mt_args(corpus, runs / "mt"), "already holds a run"),
+        # ---------------------------------------------------------------- lm options
+        (["train", "--task", "lm", "--dataset", "nosuch", "--out", new], "nosuch"),
+        (["train", "--task", "lm", "--model", "gpt-5", "--out", new], "gpt-5"),
+        (["train", "--task", "lm", "--init", "csti", "--out", new], "csti"),
+        (["train", "--task", "lm", "--warmup=-1", "--out", new], "warmup"),
+        (["train", "--task", "lm", "--seq-len", "0", "--out", new], "seq_len"),
+        (["train", "--task", "lm", "--momentum", "0.5", "--out", new], "--momentum"),
+        # ---------------------------------------------------------------- damaged run folders
+        *[(["train", "--resume", "--out", d[k], "--no-progress"], None) for k in sorted(d)
+          if k.startswith(("ck-", "config-", "mt-ck-", "vocab-", "mt-target"))],
+        *[(["analyze", d[k], "--out", s / f"analysis-{k}"], None) for k in sorted(d)
+          if k.startswith(("ck-", "metrics-", "config-empty", "config-bad", "config-list", "config-nan", "config-binary"))],
+        *[(["translate", d[k], "--input", s / "ok.txt", "--output", s / "out.txt"], None) for k in sorted(d)
+          if k.startswith(("mt-ck-", "vocab-", "mt-target"))],
+        # ---------------------------------------------------------------- translate
+        (["translate", runs / "mt", "--input", s / "binary.txt"], "binary"),
+        (["translate", runs / "mt", "--input", s / "latin1.txt"], "UTF-8"),
+        (["translate", runs / "mt", "--input", s / "missing.txt"], "does not exist"),
+        (["translate", runs / "mt", "--input", s], "not a file"),
+        (["translate", runs / "mt", "--input", s / "ok.txt", "--output", s], "folder"),
+        (["translate", runs / "mt", "--input", s / "ok.txt", "--output", s / "no" / "x.txt"], "does not exist"),
+        (["translate", runs / "mt", "--input", s / "ok.txt", "--beam", "0"], "beam"),
+        (["translate", runs / "cls", "--input", s / "ok.txt"], "not a translation run folder"),
+        (["translate", runs / "cls", "--input", s / "ok.txt"], None),
+        (["translate", s / "missing-run", "--input", s / "ok.txt"], "not a translation run folder"),
+        # ---------------------------------------------------------------- analyze
+        (["analyze", s / "missing-run"], "does not exist"),
+        (["analyze", s / "afile"], "not a folder"),
+        (["analyze", runs / "cls", "--out", s / "afile"], "not a folder"),
+        (["analyze", runs / "cls", "--seed", "x"], "--seed"),
+        # ---------------------------------------------------------------- compare
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--seeds", "0,0,0", "--out", s / "c1"], "repeats"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--methods", "set,set", "--out", s / "c1"], "repeats"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--methods", "set,nosuch", "--out", s / "c1"], "nosuch"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--methods", "", "--out", s / "c1"], "no methods"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--seeds", "", "--out", s / "c1"], "no seeds"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--seeds=-1", "--out", s / "c1"], "seed"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--out", s / "afile"], "not a folder"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--density", "2", "--out", s / "c1"], "density"),
+        (["compare", "--dataset", "mnist", "--data-dir", data, "--methods", "set", "--seeds", "0", "--density", "0.2",
+          "--hidden", "8", "--train-subset", "64", "--epochs", "2", "--device", "cpu", "--no-progress",
+          "--out", runs / "cmp"], "other settings"),
+        *[(["compare", "--dataset", "mnist", "--data-dir", data, "--methods", "set", "--seeds", "0", "--density", "0.2",
+            "--hidden", "8", "--train-subset", "64", "--epochs", "1", "--device", "cpu", "--no-progress",
+            "--out", d[k]], None) for k in sorted(d) if k.startswith("summary-")],
+        # ---------------------------------------------------------------- bench
+        (["bench", "--out", s / "afile"], "not a folder"),
+        (["bench", "--parts", "nosuch", "--out", s / "b"], "nosuch"),
+        (["bench", "--out", s / "afile" / "b"], "cannot be created"),
+    ]
+    return cases
+
+
+def test_static_bad_inputs(world, capsys):
+    cases = static_cases(world)
+    assert len(cases) >= 100
+    for argv, contains in cases:
+        check_refused(argv, world, capsys, contains)
+
+
+def test_target_language_from_config_cannot_escape(world, capsys):
+    check_refused(["translate", world["damaged"]["mt-target"], "--input", world["scratch"] / "ok.txt"],
+                  world, capsys, "target")
+    assert not (world["root"] / "x").exists()
+
+
+def test_quick_bench_does_not_replace_full_results(world, capsys):
+    folder = world["scratch"] / "bench-full"
+    folder.mkdir(exist_ok=True)
+    (folder / "bench.json").write_text('{"quick": false, "memory": {"x": 1}}\n')
+    check_refused(["bench", "--quick", "--parts", "memory", "--out", folder], world, capsys, "--quick")
+    assert (folder / "bench.json").read_text() == '{"quick": false, "memory": {"x": 1}}\n'
+
+
+_BAD_FLOATS = st.one_of(
+    st.sampled_from(["nan", "inf", "-inf", "NaN", "1e400", "-0.0000001", "", " ", "0x10", "1,5", "--1"]),
+    st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False).map(repr),
+    st.text(alphabet="abcxyz!/\\ .", min_size=1, max_size=8),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(["--density", "--lr", "--momentum", "--weight-decay", "--beta", "--r",
+                               "--drop-fraction"]),
+       value=_BAD_FLOATS)
+def test_fuzz_bad_numbers(world, capsys, option, value):
+    argv = cls_args(world["data"], world["scratch"] / "new-run", "--init", "bsw")
+    argv += [f"{option}={value}"]
+    check_refused(argv, world, capsys)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(["--epochs", "--batch-size", "--train-subset", "--update-every", "--seed", "--threads"]),
+       value=st.one_of(st.integers(max_value=0), st.integers(min_value=2**32, max_value=2**70)))
+def test_fuzz_bad_integers(world, capsys, option, value):
+    if option != "--seed" and value > 0:
+        value = -value
+    if option == "--seed" and 0 <= value < 2**32:
+        value = -1 - value
+    argv = cls_args(world["data"], world["scratch"] / "new-run") + [f"{option}={value}"]
+    check_refused(argv, world, capsys)
+
+
+_NAME = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(["--method", "--init", "--kernel", "--device", "--dataset"]), value=_NAME)
+def test_fuzz_bad_names(world, capsys, option, value):
+    from brainsparse.methods import INITS, PRESETS
+
+    allowed = {"--method": set(PRESETS), "--init": set(INITS), "--kernel": {"auto", "dense", "sparse"},
+               "--device": {"auto", "cpu"}, "--dataset": {"mnist", "fashion-mnist"}}[option]
+    if value.strip().lower() in allowed or value.lower().startswith(("emnist", "cuda")) or value.startswith("-"):
+        return
+    argv = cls_args(world["data"], world["scratch"] / "new-run") + [f"{option}={value}"]
+    check_refused(argv, world, capsys)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(min_size=1, max_size=10), which=st.sampled_from(["--source", "--target"]))
+def test_fuzz_bad_language_codes(world, capsys, value, which):
+    import re
+
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,15}", value) or value.startswith("-"):
+        return
+    argv = mt_args(world["corpus"], world["scratch"] / "new-run") + [f"{which}={value}"]
+    check_refused(argv, world, capsys)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(min_size=1, max_size=64))
+def test_fuzz_translate_binary_input(world, capsys, raw):
+    try:
+        raw.decode("utf-8")
+        if b"\0" not in raw:
+            raw = raw + b"\xff\x00"
+    except UnicodeDecodeError:
+        pass
+    path = world["scratch"] / "fuzz-input.bin"
+    path.write_bytes(raw)
+    check_refused(["translate", world["runs"] / "mt", "--input", path], world, capsys)
