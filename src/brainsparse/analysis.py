@@ -76,10 +76,10 @@ def _load_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         raise BrainsparseError(
             f"run folder '{run_dir}' has no checkpoint.pt; analyze needs the layer masks a training run saves there"
         )
-    try:
+    try:  # weights only: loading never runs code from the file
         state = load_checkpoint(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
-        raise BrainsparseError(f"cannot read checkpoint '{path}': {exc}") from None
+    except BrainsparseError as exc:
+        raise BrainsparseError(f"cannot read checkpoint: {exc}") from None
     engine = state.get("engine") if isinstance(state, dict) else None
     if not isinstance(engine, dict) or not isinstance(engine.get("masks"), dict):
         raise BrainsparseError(f"checkpoint '{path}' holds no engine masks (expected state['engine']['masks'])")

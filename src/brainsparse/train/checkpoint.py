@@ -123,7 +123,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     ``weights_only=True`` admits tensors and plain containers only. A missing, damaged or
     foreign file raises :class:`BrainsparseError` naming it."""
     path = Path(path)
-    hint = "resume is impossible; start the run again with --overwrite (or restore the file)"
+    hint = "restore the file, or start the run again with --overwrite"
     if path.is_symlink() or not path.is_file():
         what = "is missing" if not path.exists() else "is not a regular file"
         raise BrainsparseError(f"checkpoint '{path}' {what}; {hint}")
@@ -134,11 +134,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise BrainsparseError(f"checkpoint '{path}' is {size} bytes, over the {MAX_CHECKPOINT_BYTES}-byte limit")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:
         raise BrainsparseError(
-            f"checkpoint '{path}' holds something other than tensors and plain values and was not loaded "
-            f"({first[:200]}); only checkpoints written by brainsparse are accepted"
+            f"checkpoint '{path}' was not loaded: it holds something other than tensors and plain values "
+            f"(a damaged, foreign or crafted file; loading never runs code from it); {hint}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError, TypeError,
             AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
