@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from brainsparse.bench import bench_layers, bench_memory, bench_scoring, markdown
 
 
@@ -33,3 +35,22 @@ def test_scoring_rows_time_both_implementations_and_parts_carry_over(tmp_path):
     assert "Parts kept from an earlier run: scoring" in (tmp_path / "bench.md").read_text()
     full = run_benchmarks(tmp_path, parts=("memory",), quick=False)  # a quick file is not merged into a full one
     assert "carried_over" not in full
+
+
+def test_decay_part_times_decayed_methods_on_the_sparse_path(mnist_dir):
+    from brainsparse.bench import bench_decay
+
+    rows = bench_decay(data_dir=str(mnist_dir), density=0.05, methods=("chts", "chtss", "granet"), repeats=2,
+                       hidden=(64, 64), train_subset=640, chunk=7)
+    by = {(r["method"], r["kernel"]): r for r in rows}
+    assert set(by) == {("chts", "auto"), ("chtss", "auto"), ("granet", "auto"), ("chtss", "dense")}
+    for (method, kernel), r in by.items():
+        assert r["epoch_s"] > 0 and len(r["epoch_s_all"]) == (1 if kernel == "dense" else 2)
+        assert r["density"] == pytest.approx(0.05, abs=0.002)  # the schedules have finished
+        assert r["layers"] == 2 and r["sparse_layers"] == (0 if kernel == "dense" else 2)
+        assert r["vs_chts"] == pytest.approx(r["epoch_s"] / by[("chts", "auto")]["epoch_s"])
+    # the decaying methods update at a tenth of their decay window, CHTs once per epoch
+    assert by[("chts", "auto")]["updates"] == 1 and by[("chtss", "auto")]["updates"] > 1
+    text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"}, "decay": rows})
+    assert "once the density schedule has finished" in text and "| chtss | dense |" in text
+    json.dumps(rows)

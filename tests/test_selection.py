@@ -167,3 +167,32 @@ def test_select_index_is_select_as_indices(case, rule, frac, seed, use_fallback)
     index = select_index(scores, k, cand, rule=rule, generator=gen(seed), fallback=fallback)
     assert index.numel() == k == int(chosen.sum())
     assert sorted(index.tolist()) == chosen.view(-1).nonzero().squeeze(1).tolist()
+
+
+def test_ranked_equals_a_full_stable_sort_of_the_permuted_candidates():
+    """_ranked skips sorting all candidates; the choice, its order and the random stream are
+    those of the full stable sort (ties, integer keys, NaN, no generator)."""
+    from brainsparse.selection import _ranked
+
+    def reference(index, keys, k, generator):
+        if k >= index.numel():
+            return index
+        if generator is not None:
+            perm = torch.randperm(index.numel(), generator=generator)
+            index, keys = index[perm], keys[perm]
+        return index[torch.argsort(keys, descending=True, stable=True)[:k]]
+
+    for trial in range(120):
+        g = torch.Generator().manual_seed(trial)
+        n = int(torch.randint(1, 400, (1,), generator=g))
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        keys = [torch.rand(n, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g).float(),
+                torch.randint(0, 30, (n,), generator=g)][trial % 3]
+        if trial % 5 == 0 and keys.is_floating_point():
+            keys[torch.randint(0, n, (2,), generator=g)] = float("nan")
+        index = torch.randperm(n, generator=g) * 3
+        for seeded in (False, True):
+            gens = [torch.Generator().manual_seed(9) if seeded else None for _ in range(2)]
+            assert torch.equal(_ranked(index, keys, k, gens[0]), reference(index, keys, k, gens[1])), trial
+            if seeded:
+                assert torch.equal(gens[0].get_state(), gens[1].get_state())

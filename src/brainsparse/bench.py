@@ -13,7 +13,11 @@ the same process. Parts:
   implementations (the compiled C++ scorers when the ``cpp`` backend is active: exact path
   enumeration and the fused sparse matrix form), the PyTorch ones beside them where affordable
   (exact ``method="sparse"``, matrix form with sparse CSR products), and dense matmuls;
-* ``memory``: bytes of weights + optimizer state (SGD momentum, Adam moments) dense vs sparse.
+* ``memory``: bytes of weights + optimizer state (SGD momentum, Adam moments) dense vs sparse;
+* ``decay``: one epoch of the paper MLP at 1 % with ``kernel="auto"`` for CHTs and for the methods
+  whose density changes during a run (CHTss, GraNet, MEST), timed once their schedule has reached
+  the target density (the layers have moved to the sparse path), side by side; beside them CHTss
+  kept on the dense-masked path (what ``auto`` did before it re-decided after updates).
 
 Running some parts into a folder that already holds a ``bench.json`` of the same kind (full or
 ``quick``) keeps the other parts from it, listed under ``carried_over``.
@@ -149,7 +153,8 @@ def bench_memory(shape: tuple[int, int] = (1568, 1568), density: float = 0.01) -
             model = nn.Sequential(nn.Linear(shape[1], shape[0]), nn.ReLU(), nn.Linear(shape[0], 10))
             opt = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if opt_name == "sgd"
                    else torch.optim.Adam(model.parameters(), lr=1e-3))
-            engine = sparsify(model, opt, method="set", density=density, kernel=kernel, update_every=10**9)
+            engine = sparsify(model, opt, method="set", density=density, kernel=kernel, update_every=10**9,
+                              total_steps=10**9)
             x = torch.randn(4, shape[1])
             opt.zero_grad()
             model(x).sum().backward()
@@ -188,8 +193,124 @@ def bench_epoch(dataset: str = "mnist", data_dir: str | None = None, density: fl
     return rows
 
 
+#: The methods of the ``decay`` part: CHTs (constant density, the reference) first.
+DECAY_METHODS = ("chts", "chtss", "granet", "mest")
+
+
+def _decay_window(engine: Any, steps_per_epoch: int, nominal_epochs: int) -> tuple[int, int]:
+    """(advance step, window start) of the ``decay`` part: the window is epoch ``nominal_epochs - 1``
+    (the last one with a topology update at its end); the advance step is the last update step at
+    or before the window, whose update brings the density to the schedule's value there."""
+    start = (nominal_epochs - 2) * steps_per_epoch
+    every = engine.update_every
+    advance = start - start % every
+    while advance > every and not engine.is_update_step(advance):
+        advance -= every
+    return advance, start
+
+
+def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: float = 0.01,
+                methods: Sequence[str] = DECAY_METHODS, repeats: int = 3, masked_baseline: bool = True,
+                hidden: Sequence[int] = (1568, 1568, 1568), batch_size: int = 32,
+                train_subset: int | None = None, run_epochs: int = 2, nominal_epochs: int = 10,
+                chunk: int = 25, seed: int = 0) -> list[dict[str, Any]]:
+    """One epoch of training (forward, backward, SGD step, the engine's topology updates) of the
+    paper MLP per method on ``kernel="auto"``, timed after the density schedule has finished.
+
+    Each method runs with its preset and the topology-update cadence of a ``run_epochs``-epoch
+    ``brainsparse train`` run (CHTs: once per epoch; CHTss, GraNet: a tenth of the decay window).
+    Its engine is built for a ``nominal_epochs`` run and advanced to epoch ``nominal_epochs - 1``,
+    which begins after every schedule has reached the target (``prune_end_fraction`` ≤ 0.8): one
+    training step at the last update step before it runs the update that prunes to the scheduled
+    density — and moves the layers to the sparse path. That epoch is timed, side by side: the
+    methods' epochs advance together, ``chunk`` steps of each in turn, so that load from other
+    jobs falls on all of them alike. ``repeats`` rounds with fresh engines; medians per method,
+    and each median against the first method's (CHTs). With ``masked_baseline``, CHTss is also
+    run with ``kernel="dense"`` in the first round (the dense-masked path it stayed on before
+    ``auto`` re-decided after updates).
+    """
+    from .data import load_mnist_family, num_classes
+    from .engine import sparsify
+    from .methods import resolve_method
+    from .models import MLP
+    from .train.classification import default_update_every
+
+    if nominal_epochs < 3:
+        raise ValueError("nominal_epochs must be >= 3")
+    train_x, train_y, _, _ = load_mnist_family(dataset, data_dir=data_dir)
+    if train_subset is not None:
+        train_x, train_y = train_x[:train_subset], train_y[:train_subset]
+    n = train_x.shape[0]
+    spe = -(-n // batch_size)
+    layout = [train_x.shape[1], *hidden, num_classes(dataset)]
+
+    def prepare(name: str, kernel: str, rep: int) -> dict[str, Any]:
+        method = resolve_method(name)
+        if method.density_schedule in ("sigmoid", "cubic", "linear") and \
+                method.prune_end_fraction * nominal_epochs > nominal_epochs - 2:
+            raise ValueError(f"{name}: its decay does not end before epoch {nominal_epochs - 1} of {nominal_epochs}")
+        torch.manual_seed(seed)
+        model = MLP(layout)
+        opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=5e-4)
+        every = default_update_every(method, spe, run_epochs * spe)
+        engine = sparsify(model, opt, method=method, density=density, update_every=every,
+                          total_steps=nominal_epochs * spe, seed=seed, init_data=train_x[:10000], kernel=kernel,
+                          batch_size=batch_size)
+
+        def train_step(idx: torch.Tensor) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+            loss.backward()
+            opt.step()
+            engine.step()
+
+        gen = torch.Generator().manual_seed(seed * 1000 + rep)
+        advance, start = _decay_window(engine, spe, nominal_epochs)
+        engine.step_count = advance - 1
+        train_step(torch.randperm(n, generator=gen)[:batch_size])  # the update that reaches the schedule
+        engine.step_count = start
+        return {"method": name, "kernel": kernel, "engine": engine, "step": train_step, "every": every,
+                "order": torch.randperm(n, generator=gen), "updates_before": len(engine.history), "epoch_s": 0.0}
+
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rep in range(repeats):
+        live = [prepare(name, "auto", rep) for name in methods]
+        if masked_baseline and rep == 0 and "chtss" in methods:
+            live.append(prepare("chtss", "dense", rep))
+        for a in range(0, spe, chunk):
+            for run in live:
+                order, train_step = run["order"], run["step"]
+                t0 = time.perf_counter()
+                for b in range(a, min(a + chunk, spe)):
+                    train_step(order[b * batch_size:(b + 1) * batch_size])
+                run["epoch_s"] += time.perf_counter() - t0
+        for run in live:
+            engine = run["engine"]
+            window = engine.history[run["updates_before"]:]
+            runs.setdefault((run["method"], run["kernel"]), []).append({
+                "epoch_s": run["epoch_s"], "updates": len(window), "update_s": sum(r["time_s"] for r in window),
+                "update_every": run["every"],
+                "density": sum(l.links for l in engine.layers.values()) / sum(l.mask.numel() for l in engine.layers.values()),
+                "sparse_layers": sum(l.sparse_kernel for l in engine.layers.values()), "layers": len(engine.layers),
+            })
+        del live
+    rows = []
+    for (name, kernel), got in runs.items():
+        last = got[-1]
+        rows.append({
+            "method": name, "kernel": kernel, "epoch_s": statistics.median(r["epoch_s"] for r in got),
+            "epoch_s_all": [r["epoch_s"] for r in got], "update_s": statistics.median(r["update_s"] for r in got),
+            "updates": last["updates"], "update_every": last["update_every"], "density": last["density"],
+            "sparse_layers": last["sparse_layers"], "layers": last["layers"], "steps": spe, "chunk": chunk,
+        })
+    ref = rows[0] if rows else None
+    for r in rows:
+        r["vs_" + ref["method"]] = r["epoch_s"] / ref["epoch_s"]
+    return rows
+
+
 #: The benchmark parts, in the order they run.
-PARTS = ("layers", "scoring", "memory", "epoch")
+PARTS = ("layers", "scoring", "memory", "epoch", "decay")
 
 
 def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
@@ -217,6 +338,9 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
         result["memory"] = bench_memory()
     if "epoch" in parts:
         result["epoch"] = bench_epoch(dataset=dataset, data_dir=data_dir, train_subset=6000 if quick else None)
+    if "decay" in parts:
+        result["decay"] = bench_decay(dataset=dataset, data_dir=data_dir, train_subset=3000 if quick else None,
+                                      repeats=1 if quick else 3, masked_baseline=not quick)
     result["machine"]["load_average_end"] = _load_average()
     _carry_over(out / "bench.json", result, parts)
     write_json(out / "bench.json", result)
@@ -278,6 +402,20 @@ def markdown(result: dict[str, Any]) -> str:
         sparse = result["epoch"][-1]
         lines += ["", f"Sparse path: {sparse['speedup_vs_dense_masked']:.1f}× faster than dense-masked"
                   + (f"; topology update = {100 * sparse['update_share_of_epoch']:.1f} % of the epoch." if "update_share_of_epoch" in sparse else "."), ""]
+    if "decay" in result:
+        rows = result["decay"]
+        ref = rows[0]["method"] if rows else "chts"
+        lines += ["### Paper MLP, one epoch at 1 % once the density schedule has finished (batch 32, median)", "",
+                  "`kernel=\"auto\"`; topology updates at the cadence of a 2-epoch run; the engine advanced to its "
+                  "last-but-one epoch of a 10-epoch schedule before timing.", "",
+                  f"| method | kernel | epoch | vs {ref} | updates in the epoch (time) | density | layers on the sparse path |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ratio = r.get(f"vs_{ref}")
+            lines.append(f"| {r['method']} | {r['kernel']} | {_fmt(r['epoch_s'])} | "
+                         f"{'–' if ratio is None else f'{ratio:.2f}×'} | {r['updates']} ({_fmt(r['update_s'])}) | "
+                         f"{100 * r['density']:.2f} % | {r['sparse_layers']} of {r['layers']} |")
+        lines.append("")
     if "scoring" in result:
         lines += ["### CH3-L3 scoring of an n×n layer (median)", "",
                   f"Exact and sparse matrix form: the `{m['sparse_backend']}` backend's scorers; "
@@ -304,4 +442,5 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PARTS", "run_benchmarks", "bench_layers", "bench_scoring", "bench_memory", "bench_epoch", "markdown"]
+__all__ = ["PARTS", "run_benchmarks", "bench_layers", "bench_scoring", "bench_memory", "bench_epoch", "bench_decay",
+           "markdown"]

@@ -38,11 +38,23 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
         return index[:0]
     if k >= index.numel():
         return index
-    if generator is not None:
-        perm = torch.randperm(index.numel(), generator=generator, device=index.device)
-        index, keys = index[perm], keys[perm]
-    order = torch.argsort(keys, descending=True, stable=True)
-    return index[order[:k]]
+    perm = torch.randperm(index.numel(), generator=generator, device=index.device) if generator is not None else None
+    if keys.is_floating_point() and bool(torch.isnan(keys).any()):
+        if perm is not None:
+            index, keys = index[perm], keys[perm]
+        return index[torch.argsort(keys, descending=True, stable=True)[:k]]
+    # The same result (and order) as index[perm][argsort(keys[perm], descending, stable)[:k]],
+    # without sorting or permuting all candidates (millions in a regrowth): the k-th largest key
+    # splits them into sure winners (>) and ties (==), of which the first in permuted order win.
+    kth = torch.topk(keys, k, sorted=False).values.min()
+    relevant = keys >= kth
+    pos = relevant.nonzero().squeeze(1) if perm is None else perm[relevant[perm].nonzero().squeeze(1)]
+    pk = keys[pos]
+    above = pk > kth
+    tie = pk == kth
+    take = above | (tie & (tie.cumsum(0) <= k - count(above)))
+    pos, pk = pos[take], pk[take]
+    return index[pos[torch.argsort(pk, descending=True, stable=True)]]
 
 
 def gumbel_keys(log_weights: Tensor, generator: torch.Generator | None) -> Tensor:
