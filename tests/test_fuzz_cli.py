@@ -376,3 +376,221 @@ def test_fuzz_translate_binary_input(world, capsys, raw):
     path = world["scratch"] / "fuzz-input.bin"
     path.write_bytes(raw)
     check_refused(["translate", world["runs"] / "mt", "--input", path], world, capsys)
+
+
+# ------------------------------------------------------------------------------------ crafted checkpoints
+class _Evil:
+    """Unpickling this creates a file: what a crafted checkpoint could do with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(folder: Path, marker: Path, legacy: bool) -> None:
+    import pickle
+
+    import torch
+
+    state = {"engine": _Evil(marker), "model": {}, "epoch": 0, "step": 0}
+    if legacy:
+        (folder / "checkpoint.pt").write_bytes(pickle.dumps(state, protocol=2))
+    else:
+        torch.save(state, folder / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_crafted_checkpoint_runs_nothing_on_any_command(world, capsys, legacy):
+    runs, s = world["runs"], world["scratch"]
+    marker = s / f"pwned-{legacy}"
+    cls = runs / f"evil-cls-{legacy}"
+    mt = runs / f"evil-mt-{legacy}"
+    cmp = runs / f"evil-cmp-{legacy}"
+    for src, dst in ((runs / "cls", cls), (runs / "mt", mt), (runs / "cmp", cmp)):
+        shutil.copytree(src, dst)
+    for folder in (cls, mt, cmp / "set-s0"):
+        _plant(folder, marker, legacy)
+    (cmp / "set-s0" / "summary.json").unlink()  # compare then resumes the run, loading its checkpoint
+    commands = [
+        ["train", "--resume", "--out", cls, "--no-progress"],
+        ["train", "--resume", "--out", mt, "--no-progress"],
+        ["translate", mt, "--input", s / "ok.txt", "--output", s / "evil.txt"],
+        ["analyze", cls, "--out", s / "evil-analysis"],
+        ["compare", "--dataset", "mnist", "--data-dir", world["data"], "--methods", "set", "--seeds", "0",
+         "--density", "0.2", "--hidden", "8", "--train-subset", "64", "--epochs", "1", "--device", "cpu",
+         "--no-progress", "--out", cmp],
+    ]
+    for argv in commands:
+        line = check_refused(argv, world, capsys)
+        assert "checkpoint" in line and "not loaded" in line, line
+        assert not marker.exists(), argv
+
+
+def test_no_unsafe_loading_in_the_package():
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "brainsparse"
+    for path in src.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
+        assert not re.search(r"pickle\.loads?\(|import dill|cloudpickle", text), path
+        assert "weights_only=False" not in text, path
+
+
+# ------------------------------------------------------------------------------------ strict JSON, divergence
+def _strict_load(text: str):
+    import json
+
+    def reject(name):
+        raise ValueError(name)
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_every_json_file_written_is_strict(world):
+    seen = 0
+    for path in world["runs"].rglob("*"):
+        if path.name.endswith(".json") and "config" not in path.parent.name and "summary-" not in str(path):
+            if path.parent.name.startswith(("cls-", "mt-", "evil-")):
+                continue
+            _strict_load(path.read_text())
+            seen += 1
+        elif path.suffix == ".jsonl" and not path.parent.name.startswith(("cls-", "mt-", "evil-")):
+            for line in path.read_text().splitlines():
+                _strict_load(line)
+            seen += 1
+    assert seen >= 6
+
+
+def test_diverged_run_stops_with_one_error_and_keeps_the_last_checkpoint(world, capsys):
+    capsys.readouterr()
+    out2 = world["scratch"] / "diverge"
+    argv = cls_args(world["data"], out2, "--epochs", "3", "--batch-size", "8", "--lr", "1e9")
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("brainsparse: error: training diverged"), err
+    assert "step" in lines[0] and "--lr" in lines[0]
+    assert not (out2 / "summary.json").exists()
+    for path in out2.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            _strict_load(line)
+    if (out2 / "metrics.jsonl").exists():  # an epoch finished before the loss blew up: its checkpoint stays
+        from brainsparse.train.checkpoint import load_checkpoint
+
+        rows = (out2 / "metrics.jsonl").read_text().splitlines()
+        assert load_checkpoint(out2 / "checkpoint.pt")["epoch"] == len(rows)
+    assert not list(out2.glob(".*.tmp")) and not (out2 / ".lock").exists()
+
+
+def test_overwrite_that_fails_early_keeps_the_old_run(world, capsys):
+    old = world["scratch"] / "keep"
+    shutil.copytree(world["runs"] / "cls", old)
+    before = snapshot(old)
+    argv = cls_args(world["data"], old, "--overwrite", "--lr", "1e9", "--batch-size", "4")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert snapshot(old) == before
+    # an empty test split of a corpus is refused before the old translation run is touched
+    corpus = write_corpus(world["scratch"] / "empty-test-corpus", n_eval=0)
+    mt = world["scratch"] / "keep-mt"
+    shutil.copytree(world["runs"] / "mt", mt)
+    before = snapshot(mt)
+    assert main(mt_args(corpus, mt, "--overwrite")) == 2
+    assert "holds no sentences" in capsys.readouterr().err
+    assert snapshot(mt) == before
+    # a successful overwrite replaces the run and leaves nothing of the swap behind
+    assert main(cls_args(world["data"], old, "--overwrite", "--seed", "3")) == 0
+    assert _strict_load((old / "config.json").read_text())["seed"] == 3
+    assert not any(p.name.startswith((".overwrite", ".lock")) or p.name.endswith(".tmp") for p in old.iterdir())
+
+
+def test_second_run_into_a_locked_folder_is_refused(world, capsys):
+    from brainsparse.train.common import lock_run_folder, unlock_run_folder
+
+    out = world["scratch"] / "locked"
+    out.mkdir()
+    fd = lock_run_folder(out)  # another open file description: conflicts like another process
+    try:
+        capsys.readouterr()
+        assert main(cls_args(world["data"], out)) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {__import__('os').getpid()}" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        unlock_run_folder(out, fd)
+    assert main(cls_args(world["data"], out)) == 0
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_concurrent_runs_into_one_folder(world, tmp_path):
+    """Two processes started together into one --out: one runs, the other is refused."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "shared"
+    code = ("import sys; from brainsparse.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = cls_args(world["data"], out, "--epochs", "3")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, env=env, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    err = next(e for rc, e in results if rc == 2)
+    assert "brainsparse: error:" in err and ("in use by process" in err or "already holds a run" in err), err
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3
+
+
+def test_stale_temporary_files_are_removed_on_resume(world, capsys):
+    out = world["scratch"] / "stale"
+    shutil.copytree(world["runs"] / "cls", out)
+    (out / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (out / ".metrics.jsonl.abc.tmp").write_text("{")
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert not list(out.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------ translate lines
+def test_translate_keeps_one_output_line_per_input_line(world, capsys):
+    src = world["scratch"] / "odd-lines.txt"
+    src.write_bytes("a dog\x0bruns\nthe cat\u2028big\r\n\x0c\n\u0085a\x1c\x1d\x1e\nlast line without newline".encode())
+    dst = world["scratch"] / "odd-lines.out"
+    assert main(["translate", str(world["runs"] / "mt"), "--input", str(src), "--output", str(dst)]) == 0
+    text = dst.read_text(encoding="utf-8")
+    assert text.endswith("\n") and text.count("\n") == 5
+
+
+# ------------------------------------------------------------------------------------ bounded IDX reading
+def test_idx_bomb_and_empty_files_are_refused_from_the_header(tmp_path):
+    import struct
+
+    from brainsparse.data import load_mnist_family
+    from brainsparse.errors import DataNotFoundError
+
+    def idx(shape, payload=b""):
+        return bytes([0, 0, 0x08, len(shape)]) + struct.pack(f">{len(shape)}I", *shape) + payload
+
+    for name, (images, labels, match) in {
+        "bomb": (idx((3_000_000, 28, 28)), idx((3_000_000,)), "limit"),
+        "empty": (idx((0, 28, 28)), idx((0,)), "N >= 1"),
+    }.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for split in ("train", "t10k"):
+            with gzip.open(folder / f"{split}-images-idx3-ubyte.gz", "wb") as fh:
+                fh.write(images)
+                if name == "bomb":  # a stream that would inflate far beyond what the header allows
+                    fh.write(bytes(1 << 20))
+            with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz", "wb") as fh:
+                fh.write(labels)
+        with pytest.raises(DataNotFoundError, match=match):
+            load_mnist_family("mnist", folder, download=False)
