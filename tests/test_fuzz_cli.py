@@ -207,6 +207,11 @@ def static_cases(w) -> list[tuple[list[str], str | None]]:
         (cls("--ch-form", "other"), "--ch-form"),
         (cls("--nosuch-option"), "nosuch"),
         (["train", "--task", "vision"], "--task"),
+        (cls_args(data, s / "x\udcffy" / "sub", "--resume"), "cannot resume"),  # undecodable bytes in a path
+        (cls("--method", "\udcff\u2028"), "unknown method"),
+        (cls("--hidden", "100000000,100000000"), "out of memory"),
+        (cls("--threads", "100000"), "threads"),
+        (["analyze", runs / "cls", "--seed=-5"], "seed"),
         (["nosuch-command"], None),
         ([], None),
         # ---------------------------------------------------------------- train: run folders

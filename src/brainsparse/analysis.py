@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from ._validation import check_seed
 from .errors import BrainsparseError
 from .metrics.network import degree_distribution, layer_measures
 from .metrics.training import active_neuron_rate, area_across_epochs, itop_rate
@@ -123,8 +124,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, seed: in
 
     Raises :class:`BrainsparseError` if the folder or its checkpoint is missing or unreadable.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise BrainsparseError(f"seed {seed!r} is invalid; allowed: an integer")
+    check_seed(seed)
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise BrainsparseError(f"run folder '{run_dir}' does not exist")

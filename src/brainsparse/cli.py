@@ -393,13 +393,24 @@ def _methods() -> int:
     return 0
 
 
+def _error(message: str) -> int:
+    """Print ``message`` as the one line ``brainsparse: error: ...`` (whatever the terminal's
+    encoding, whatever odd characters a bad value holds); returns the exit status 2."""
+    line = "brainsparse: error: " + " ".join(str(message).split())
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        print(line, file=sys.stderr)
+    except UnicodeEncodeError:
+        print(line.encode("ascii", "backslashreplace").decode("ascii"), file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainsparse`` command."""
     try:
         args = build_parser().parse_args(argv)
     except _UsageError as exc:
-        print(f"brainsparse: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     try:
         if args.command == "train":
             return _train(args)
@@ -420,12 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         return _methods()
     except BrainsparseError as exc:
-        print(f"brainsparse: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except OSError as exc:  # a file or folder the command cannot use
         where = f" '{exc.filename}'" if exc.filename else ""
-        print(f"brainsparse: error: {exc.strerror or exc}{where}; check the path and its permissions", file=sys.stderr)
-        return 2
+        return _error(f"{exc.strerror or exc}{where}; check the path and its permissions")
+    except (MemoryError, RuntimeError) as exc:  # sizes that do not fit in memory
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        return _error("out of memory: the model or data asked for is too large for this machine "
+                      "(allowed: smaller --hidden, --model, --batch-size, --batch-tokens, --beam or --train-subset)")
     except KeyboardInterrupt:
         print("brainsparse: interrupted; the last finished epoch is in the checkpoint (use --resume)", file=sys.stderr)
         return 130

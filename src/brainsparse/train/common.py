@@ -72,12 +72,16 @@ def topology_record(engine: DynamicSparseEngine, updates_before: int, **values: 
     return record
 
 
+#: the most CPU threads a command may ask torch for
+MAX_THREADS = 1024
+
+
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` CPU threads in torch (None: leave torch's default)."""
     if threads is None:
         return
-    if not isinstance(threads, int) or threads < 1:
-        raise BrainsparseError(f"threads {threads!r} is not a positive integer")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise BrainsparseError(f"threads {threads!r} is invalid; allowed: an integer from 1 to {MAX_THREADS}")
     torch.set_num_threads(threads)
 
 
