@@ -228,3 +228,69 @@ def test_new_presets_validate_and_list():
         bs.resolve_method("chts", density_schedule="exponential")
     with pytest.raises(BrainsparseError, match="initial_density"):
         bs.resolve_method("chtss", initial_density=2.0)
+
+
+class _Block(nn.Module):
+    """One attention block and one MLP block, as a Transformer layer has them."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        from brainsparse.models.transformer import MultiHeadAttention
+
+        self.attn = MultiHeadAttention(d, heads, dropout=0.0)
+        self.ffn = nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.ffn(x + self.attn(x, x)).mean(dim=1))
+
+
+def _neuroprune_block(seed=0):
+    torch.manual_seed(seed)
+    model = _Block()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = bs.sparsify(model, opt, method="neuroprune", density=0.5, update_every=1, total_steps=100, seed=seed)
+    return model, opt, engine
+
+
+def test_neuroprune_finds_attention_blocks_and_removes_duplicate_heads():
+    from brainsparse.layers import infer_attention_blocks
+    from brainsparse.models.llama import LlamaLM, llama_config
+    from brainsparse.models.transformer import Seq2SeqTransformer, transformer_config
+
+    mt = Seq2SeqTransformer(transformer_config("tiny", vocab_size=20))
+    names = [n for n, m in mt.named_modules() if isinstance(m, nn.Linear)]
+    assert len(infer_attention_blocks(mt, names)) == 3  # encoder self, decoder self and cross
+    lm = LlamaLM(llama_config("llama-tiny", vocab_size=30))
+    blocks = infer_attention_blocks(lm, [n for n, m in lm.named_modules() if isinstance(m, nn.Linear)])
+    assert len(blocks) == 2 and blocks[0]["o"].endswith("o_proj") and blocks[0]["heads"] == 4
+
+    model, opt, engine = _neuroprune_block()
+    assert [b["name"] for b in engine.attention] == ["attn"]
+    attn = model.attn
+    with torch.no_grad():  # head 1 a copy of head 0: same queries, keys and values
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            proj.weight[4:] = proj.weight[:4]
+            proj.bias[4:] = proj.bias[:4]
+    for name in ("attn.q_proj", "attn.k_proj", "attn.v_proj"):
+        engine.layers[name].set_mask(torch.ones(8, 8, dtype=torch.bool))
+    x = torch.randn(4, 5, 8)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    record = engine.step()
+    assert record["heads_removed"] == {"attn": [1]}
+    for name in ("attn.q_proj", "attn.k_proj", "attn.v_proj"):
+        assert not engine.layers[name].mask[4:].any() and engine.layers[name].mask[:4].any()
+    assert not engine.layers["attn.out_proj"].mask[:, 4:].any()
+
+
+def test_neuroprune_penalty_acts_on_mlp_blocks_only():
+    model, opt, engine = _neuroprune_block()
+    before = {n: l.dense_weight().clone() for n, l in engine.layers.items()}
+    for group in opt.param_groups:
+        group["lr"] = 10.0  # a strong shrinkage step, no gradient
+    engine._after_optimizer_step()
+    for name, layer in engine.layers.items():
+        changed = not torch.equal(layer.dense_weight(), before[name])
+        assert changed == name.startswith("ffn"), name

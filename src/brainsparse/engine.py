@@ -29,10 +29,10 @@ from . import topology
 from ._validation import check_choice, check_density, check_positive_int, link_count
 from .errors import BrainsparseError
 from .kernels import SparseLinear, choose_kernel
-from .layers import find_sparse_layers, infer_chains
+from .layers import find_sparse_layers, infer_attention_blocks, infer_chains
 from .methods import MethodConfig, resolve_method
 from .percolation import active_hidden_neurons, percolate
-from .neuroprune import preferential_attachment_shrink
+from .neuroprune import head_outputs, preferential_attachment_shrink, redundant_heads, remove_heads
 from .metrics.training import overlap_rate
 from .schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature
 from .scoring import ch_l3, l3_path_count
@@ -129,6 +129,7 @@ class DynamicSparseEngine:
         init_data: Tensor | None = None,
         kernel: str = "dense",
         batch_size: int = 32,
+        attention: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -144,6 +145,11 @@ class DynamicSparseEngine:
         self.seed = seed
         self.kernel = kernel
         self.batch_size = batch_size
+        # attention blocks (heads, q, k, v, o): NeuroPrune removes redundant heads as wholes and
+        # keeps its link penalty to the other (MLP) layers
+        self.attention = [dict(b) for b in attention]
+        self._attention_layers = {str(b[k]) for b in self.attention for k in ("q", "k", "v", "o")}
+        self._head_inputs: dict[str, Tensor] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.step_count = 0
         self.max_exact_paths = MAX_EXACT_PATHS
@@ -324,6 +330,18 @@ class DynamicSparseEngine:
             layer.hooks.append(layer.weight.register_hook(self._make_grad_hook(layer)))
         if self.method.regrowth == "cosine":
             layer.hooks.append(layer.module.register_forward_hook(self._make_activation_hook(layer)))
+        if self.method.head_pruning and any(b["o"] == layer.name for b in self.attention):
+            layer.hooks.append(layer.module.register_forward_pre_hook(self._make_head_capture(layer.name)))
+
+    def _make_head_capture(self, name: str):
+        """NeuroPrune: the input of an attention block's output projection (the heads' outputs,
+        side by side) on the batch just before an update."""
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            if module.training and self.is_update_step(self.step_count + 1):
+                self._head_inputs[name] = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).clone()
+
+        return hook
 
     def _make_activation_hook(self, layer: SparseLayer):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -378,6 +396,8 @@ class DynamicSparseEngine:
         if self.method.regularizer == "preferential_attachment" and self.optimizer is not None:
             lr = float(self.optimizer.param_groups[0]["lr"])
             for layer in self.layers.values():
+                if layer.name in self._attention_layers:
+                    continue  # NeuroPrune: the penalty acts on the MLP blocks; heads go as wholes
                 layer.write_dense_weight(
                     preferential_attachment_shrink(layer.dense_weight(), layer.mask, lr * self.method.regularizer_strength)
                 )
@@ -466,6 +486,29 @@ class DynamicSparseEngine:
             return mask
         scores = self._scores_for_removal(layer, mask, kind)
         return select(scores, n_links, mask, rule="topk", generator=self.generator, fallback=mask)
+
+    def _prune_heads(self, masks: dict[str, Tensor]) -> dict[str, list[int]]:
+        """NeuroPrune: in every attention block, the heads outside a dominating set of the graph
+        "outputs nearly duplicate" lose all their links (q/k/v rows, o columns); ``masks`` (the
+        shrunk masks so far) is updated in place. Returns ``{block: removed heads}``."""
+        removed: dict[str, list[int]] = {}
+        for block in self.attention:
+            inputs = self._head_inputs.pop(str(block["o"]), None)
+            if inputs is None:
+                continue
+            heads = int(block["heads"])
+            o_mask = masks.get(str(block["o"]), self.layers[str(block["o"])].mask)
+            width = o_mask.shape[1] // heads
+            alive = [h for h in range(heads) if o_mask[:, h * width : (h + 1) * width].any()]
+            if len(alive) < 2:
+                continue
+            keep = {alive[i] for i in redundant_heads(head_outputs(inputs, heads)[alive], self.method.head_threshold)}
+            gone = [h for h in alive if h not in keep]
+            if gone:
+                current = {str(block[k]): masks.get(str(block[k]), self.layers[str(block[k])].mask) for k in "qkvo"}
+                masks.update(remove_heads(current, block, gone))
+                removed[str(block["name"])] = gone
+        return removed
 
     def _gradual_prune(self, global_density: float) -> dict[str, Tensor]:
         """Masks shrunk to the scheduled density by the prune score (hard rule): per layer, or
@@ -620,6 +663,7 @@ class DynamicSparseEngine:
         pruned: dict[str, int] = {}
         self._fallbacks.clear()
         shrunk = self._gradual_prune(prune_to) if prune_to is not None else {}
+        heads_removed = self._prune_heads(shrunk) if self.method.head_pruning else {}
         share_of_global = prune_to is not None and self.method.prune_scope == "global"
         for name, layer in self.layers.items():
             mask = shrunk.get(name, layer.mask)
@@ -641,6 +685,8 @@ class DynamicSparseEngine:
         record: dict[str, Any] = {
             "step": step, "drop_fraction": zeta, "temperature": temperature, "density": final, "layers": {},
         }
+        if heads_removed:
+            record["heads_removed"] = heads_removed
         for name, layer in self.layers.items():
             # m1 ⊆ before and grown ∩ m1 = ∅ throughout: links are only removed from `before`,
             # and regrowth picks among ~m1; so counts and the overlap need no dense temporaries
@@ -831,6 +877,7 @@ def sparsify(
     exclude: Sequence[str] | None = None,
     chains: Sequence[Sequence[str]] | None = None,
     pairs: Sequence[tuple[str, str]] = (),
+    attention: Sequence[dict[str, Any]] | None = None,
     seed: int | None = None,
     init_data: Tensor | None = None,
     kernel: str = "dense",
@@ -850,6 +897,9 @@ def sparsify(
     ``total_steps`` (optimizer steps), or ``steps_per_epoch`` and ``epochs`` (then one update per
     epoch over ``epochs · steps_per_epoch`` steps, the papers' MLP setting). There is no silent
     default: without them the schedules (ζ, temperature, density) cannot know where the run is.
+
+    ``attention`` lists attention blocks ({"name", "heads", "q", "k", "v", "o"}) for NeuroPrune's
+    head pruning (default: found in the model, see :func:`~brainsparse.layers.infer_attention_blocks`).
 
     ``kernel`` picks the execution of the sparse layers: ``"dense"`` (dense weights multiplied by
     masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose
@@ -895,10 +945,12 @@ def sparsify(
             raise BrainsparseError(f"chain layer {unknown[0]!r} is not a sparse layer; sparse layers: {', '.join(names)}")
         covered = {n for c in chain_list for n in c}
         chain_list += [[n] for n in names if n not in covered]
+    if attention is None:  # attention blocks whose heads NeuroPrune removes as wholes
+        attention = infer_attention_blocks(model, names) if config.head_pruning else []
     if seed is None:
         seed = torch.initial_seed() % (2**63)
     return DynamicSparseEngine(
         model, optimizer, config, density, layers, chain_list, pairs,
         update_every=update_every or 1, total_steps=total_steps, seed=seed, init_data=init_data,
-        kernel=kernel, batch_size=batch_size,
+        kernel=kernel, batch_size=batch_size, attention=attention,
     )

@@ -80,3 +80,40 @@ def infer_chains(model: nn.Module, sparse_names: Sequence[str]) -> list[list[str
     covered = {n for c in chains for n in c}
     chains += [[n] for n in sparse_names if n not in covered]
     return chains
+
+
+_HEAD_COUNT_ATTRS = ("heads", "n_heads", "num_heads", "num_attention_heads")
+
+
+def _head_count(module: nn.Module) -> int | None:
+    for attr in _HEAD_COUNT_ATTRS:
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    config = getattr(module, "config", None)
+    value = getattr(config, "num_attention_heads", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def infer_attention_blocks(model: nn.Module, sparse_names: Sequence[str]) -> list[dict[str, object]]:
+    """Attention blocks whose heads can be pruned as wholes: modules with ``q_proj``, ``k_proj``,
+    ``v_proj`` and ``out_proj`` / ``o_proj`` linear layers, all sparse, a head count (``heads``,
+    ``n_heads``, ``num_heads`` or ``config.num_attention_heads``) and as many key/value heads as
+    query heads. Each block is ``{"name", "heads", "q", "k", "v", "o"}`` (qualified names)."""
+    wanted = set(sparse_names)
+    blocks: list[dict[str, object]] = []
+    for name, module in model.named_modules():
+        parts = {p: getattr(module, p, None) for p in ("q_proj", "k_proj", "v_proj")}
+        parts["o"] = getattr(module, "out_proj", None) or getattr(module, "o_proj", None)
+        heads = _head_count(module)
+        if heads is None or not all(isinstance(m, nn.Linear) for m in parts.values()):
+            continue
+        q, k, v, o = parts["q_proj"], parts["k_proj"], parts["v_proj"], parts["o"]
+        if not (q.out_features == k.out_features == v.out_features == o.in_features) or q.out_features % heads:
+            continue  # grouped key/value heads: a query head has no key head of its own
+        prefix = f"{name}." if name else ""
+        o_attr = "out_proj" if getattr(module, "out_proj", None) is o else "o_proj"
+        names = {"q": f"{prefix}q_proj", "k": f"{prefix}k_proj", "v": f"{prefix}v_proj", "o": f"{prefix}{o_attr}"}
+        if all(n in wanted for n in names.values()):
+            blocks.append({"name": name, "heads": heads, **names})
+    return blocks

@@ -57,6 +57,8 @@ class MethodConfig:
     exploration: str = "none"  # CTRE: "simultaneous" replaces re-added links by random ones
     regularizer: str = "none"  # NeuroPrune: "preferential_attachment" proximal shrinkage every step
     regularizer_strength: float = 0.01  # λ of the preferential-attachment penalty
+    head_pruning: bool = False  # NeuroPrune: remove attention heads that duplicate a kept head
+    head_threshold: float = 0.9  # cosine similarity above which two heads' outputs are duplicates
 
     def __post_init__(self) -> None:
         check_choice(self.init, INITS, "init")
@@ -75,6 +77,7 @@ class MethodConfig:
             check_density(self.initial_density, "initial_density")
         if not 0.0 < self.prune_end_fraction <= 1.0:
             raise BrainsparseError(f"prune_end_fraction {self.prune_end_fraction!r} is outside (0, 1]")
+        check_unit_interval(self.head_threshold, "head_threshold")
         if self.regularizer_strength < 0:
             raise BrainsparseError(f"regularizer_strength {self.regularizer_strength!r} must be >= 0")
         check_unit_interval(self.drop_fraction, "drop_fraction")
@@ -146,6 +149,7 @@ PRESETS: dict[str, MethodConfig] = {
         name="neuroprune", init="uniform", weight_init="keep", removal="magnitude", drop_fraction=0.0,
         regrowth="none", density_schedule="cubic", initial_density=1.0, prune_end_fraction=0.5,
         prune_score="magnitude", regularizer="preferential_attachment", regularizer_strength=0.01,
+        head_pruning=True, head_threshold=0.9,
     ),
 }
 

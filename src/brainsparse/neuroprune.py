@@ -47,3 +47,29 @@ def redundant_heads(head_outputs: Tensor, threshold: float = 0.9) -> list[int]:
         kept.append(best)
         undominated &= ~similar[best]
     return sorted(kept)
+
+
+def head_outputs(o_inputs: Tensor, heads: int) -> Tensor:
+    """(heads, features): each head's output on a batch, from the input of the output projection
+    (..., heads · head_dim), flattened per head."""
+    x = o_inputs.detach().float().reshape(-1, heads, o_inputs.shape[-1] // heads)
+    return x.transpose(0, 1).reshape(heads, -1)
+
+
+def remove_heads(masks: dict[str, Tensor], block: dict[str, object], removed: list[int]) -> dict[str, Tensor]:
+    """Masks of ``block`` with ``removed`` heads cut out: their rows of q, k, v (the head's
+    slice of their outputs) and their columns of the output projection."""
+    heads = int(block["heads"])
+    width = masks[str(block["q"])].shape[0] // heads
+    out = dict(masks)
+    for key in ("q", "k", "v", "o"):
+        name = str(block[key])
+        mask = out[name].clone()
+        for h in removed:
+            part = slice(h * width, (h + 1) * width)
+            if key == "o":
+                mask[:, part] = False
+            else:
+                mask[part, :] = False
+        out[name] = mask
+    return out
