@@ -390,6 +390,16 @@ def _methods() -> int:
     for name, cfg in PRESETS.items():
         changed = {k: v for k, v in cfg.to_dict().items() if k != "name" and v != defaults[k]}
         print(f"{name}: " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "the defaults"))
+    from .recipes import load_recipe, recipe_names
+
+    print("\nper task, the recipes change these (brainsparse train applies them unless an option overrides; --recipe none: the bare preset):")
+    for recipe in recipe_names():
+        r = load_recipe(recipe)
+        for method, options in r.method_overrides.items():
+            print(f"  {recipe} ({r.task}, {r.dataset}) {method}: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+        for variant, options in r.variants.items():
+            shown = {k: v for k, v in options.items() if k != "note"}
+            print(f"  {recipe} variant {variant}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return 0
 
 
