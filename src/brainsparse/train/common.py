@@ -18,7 +18,7 @@ from ..engine import DynamicSparseEngine
 from ..errors import BrainsparseError
 
 
-def prepare_run_folder(out: Path, files: Sequence[str], resume: bool, overwrite: bool) -> None:
+def prepare_run_folder(out: Path, files: Sequence[str], resume: bool, overwrite: bool, check_lock: bool = True) -> None:
     """Check what ``out`` holds before anything is written; raise instead of clobbering a run.
 
     ``files`` are the names a run of this task writes (any of them marks the folder as a run).
@@ -28,6 +28,8 @@ def prepare_run_folder(out: Path, files: Sequence[str], resume: bool, overwrite:
         raise BrainsparseError(f"--out '{out}' exists and is not a folder; allowed: a folder or a path that can be created")
     if not out.exists():
         check_creatable(out, "--out")
+    if check_lock and out.is_dir():
+        refuse_if_locked(out)
     has_run = out.exists() and any((out / f).exists() for f in files)
     if resume:
         if not (out / "checkpoint.pt").exists():
@@ -247,6 +249,28 @@ def lock_run_folder(folder: Path) -> int:
     raise BrainsparseError(f"cannot lock run folder '{folder}': its lock file keeps changing")
 
 
+def refuse_if_locked(folder: Path) -> None:
+    """Raise :class:`BrainsparseError` naming the holder when a live run holds ``folder``'s lock
+    (a probe that creates and changes nothing)."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return  # no lock file: nobody holds the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise BrainsparseError(
+                f"run folder '{folder}' is in use by {_read_holder(path)} (it holds {path}); "
+                "wait for that run to end or choose another --out"
+            ) from None
+    finally:
+        os.close(fd)  # closing releases a probe lock that was granted
+
+
 def unlock_run_folder(folder: Path, fd: int) -> None:
     """Remove ``folder/.lock`` (while still holding it) and release the lock."""
     try:
@@ -303,7 +327,7 @@ class RunFolder:
         try:
             finish_interrupted_swap(out, self.files)
             remove_stale_temporaries(out)
-            prepare_run_folder(out, self.files, resume=self.resume, overwrite=self.overwrite)  # again, now locked
+            prepare_run_folder(out, self.files, resume=self.resume, overwrite=self.overwrite, check_lock=False)  # again, locked
             if not self.resume:
                 if any((out / f).exists() for f in self.files):
                     self.path = out / STAGING
@@ -392,6 +416,13 @@ def stored_config(cls: type, out: Path, given: Any = None) -> Any:
                 f"({k}: {a.get(k)!r:.60} vs {b.get(k)!r:.60}); a resumed run keeps the checkpoint's settings: "
                 "restore config.json or start a new run"
             )
+    try:  # values read back are checked as strictly as command-line options
+        config.validate()
+    except BrainsparseError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise BrainsparseError(f"run config '{path}' holds an unusable value ({type(exc).__name__}: {str(exc)[:120]}); "
+                               "restore it or start the run again") from None
     if given is not None:
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for key in RESUME_OVERRIDES:
