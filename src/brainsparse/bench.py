@@ -369,6 +369,8 @@ def _carry_over(path: Path, result: dict[str, Any], parts: Sequence[str]) -> Non
         result[part] = previous[part]
     if kept:
         result["carried_over"] = {"parts": kept, "machine": previous.get("machine")}
+        if isinstance(previous.get("carried_over"), dict):  # parts that were carried over already
+            result["carried_over"]["earlier"] = previous["carried_over"]
 
 
 def _fmt(seconds: float | None) -> str:
