@@ -226,6 +226,7 @@ def static_cases(w) -> list[tuple[list[str], str | None]]:
         (["train", "--resume", "--out", str(runs / "cls"), "--seed", "5"], "--seed"),
         (["train", "--resume", "--out", str(runs / "mt"), "--steps", "99"], "--steps"),
         (["train", "--resume", "--out", str(runs / "cls"), "--hidden", "16"], "--hidden"),
+        (["train", "--resume", "--out", str(runs / "cls"), "--task", "translation"], "--task"),
         # ---------------------------------------------------------------- translation options
         (mt_args(corpus, new, "--target", "de/../../x"), "target"),
         (mt_args(corpus, new, "--source", "../en"), "source"),

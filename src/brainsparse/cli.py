@@ -22,8 +22,8 @@ def _int_list(text: str) -> list[int]:
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``compare``. Options left out take the task's defaults;
     an option that does not apply to the chosen task is an error."""
-    p.add_argument("--task", default="classification", choices=["classification", "translation", "lm"],
-                   help="classification (MLP, MNIST family), translation (Transformer, Multi30k), lm (LLaMA, PTB)")
+    p.add_argument("--task", default=None, choices=["classification", "translation", "lm"],
+                   help="classification (MLP, MNIST family; the default), translation (Transformer, Multi30k), lm (LLaMA, PTB)")
     p.add_argument("--dataset", default=None,
                    help="classification: mnist, fashion-mnist (default), emnist-balanced, ...; "
                         "translation: multi30k (default), iwslt14, wmt17; lm: ptb (default), tinyshakespeare, ...")
@@ -188,14 +188,18 @@ def _config_from_args(args: argparse.Namespace, method: str, seed: int):
 def _train(args: argparse.Namespace) -> int:
     from .train import task_entry
 
+    given_task, args.task = args.task, args.task or "classification"
     stored = Path(args.out or "", "config.json")
     if args.resume and args.out and stored.is_file():
         from .train.checkpoint import read_json_file
 
-        # a resumed run keeps its own task, whatever --task says
+        # a resumed run keeps its own task; a --task that says otherwise is an error
         task = read_json_file(stored, "run config").get("task", "classification")
         if task not in ("classification", "translation", "lm"):
             raise BrainsparseError(f"run config '{stored}' names task {task!r:.40}; allowed: classification, translation, lm")
+        if given_task is not None and given_task != task:
+            raise BrainsparseError(f"--task {given_task} differs from the run's task {task!r}; a resumed run keeps "
+                                   "its own task: drop --task")
         args.task = task
     config = _config_from_args(args, args.method or "chts", 0 if args.seed is None else args.seed)
     if args.resume:
@@ -242,6 +246,7 @@ def _check_resume_options(args: argparse.Namespace, stored: Path) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
+    args.task = args.task or "classification"
     from ._validation import check_seed
 
     for what, values in (("methods", args.methods), ("seeds", args.seeds)):
