@@ -9,6 +9,7 @@
 from . import methods, models, percolation, schedules, scoring, selection, topology
 from .engine import DynamicSparseEngine, sparsify
 from .errors import BrainsparseError, DataNotFoundError
+from .export import finalize, load_sparse, save_sparse
 from .methods import MethodConfig, method_names, resolve_method
 
 __version__ = "0.1.0"
@@ -17,6 +18,9 @@ __all__ = [
     "BrainsparseError",
     "DataNotFoundError",
     "DynamicSparseEngine",
+    "finalize",
+    "load_sparse",
+    "save_sparse",
     "MethodConfig",
     "method_names",
     "methods",

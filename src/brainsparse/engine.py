@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,16 @@ class SparseLayer:
         return count(self.mask)
 
 
+#: model id → its engine, so that :mod:`brainsparse.export` finds the engine of a model
+_ENGINES: weakref.WeakValueDictionary[int, DynamicSparseEngine] = weakref.WeakValueDictionary()
+
+
+def engine_of(model: nn.Module) -> DynamicSparseEngine | None:
+    """The engine that :func:`sparsify` attached to ``model``, if it is still alive."""
+    engine = _ENGINES.get(id(model))
+    return engine if engine is not None and engine.model is model else None
+
+
 class DynamicSparseEngine:
     """Keeps a model's linear layers sparse and evolves their topology (see :func:`sparsify`)."""
 
@@ -160,6 +171,7 @@ class DynamicSparseEngine:
         if method.sparse:
             self._build(layers, init_data)
             self._attach()
+        _ENGINES[id(model)] = self
 
     # ------------------------------------------------------------------ set-up
     def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
