@@ -274,3 +274,28 @@ def test_percolation_check_agrees_with_percolate(seed, density):
     unchanged = all(torch.equal(after[n], masks[n]) for n in masks)
     assert engine._percolation_changes(masks) == (not unchanged)
     assert not engine._percolation_changes(after)  # a percolated network is a fixed point
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_gradient_scores_see_every_micro_batch_of_an_accumulation_window(kernel):
+    torch.manual_seed(0)
+    model = MLP([12, 10, 3])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    engine = bs.sparsify(model, opt, method="rigl", density=0.3, update_every=1, total_steps=10, seed=0, kernel=kernel)
+    layer = engine.layers["layers.0"]
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(4, 12, generator=gen) for _ in range(2)]
+    ys = [torch.randint(0, 3, (4,), generator=gen) for _ in range(2)]
+    opt.zero_grad()
+    for x, y in zip(xs, ys):  # accumulation 2: each micro-batch's loss halved, as frameworks do
+        (nn.functional.cross_entropy(model(x), y) / 2).backward()
+    captured = layer.dense_grad.clone()
+    # the dense gradient of the whole window, computed on a plain copy of the layer
+    plain = nn.Linear(12, 10)
+    with torch.no_grad():
+        plain.weight.copy_(layer.dense_weight())
+        plain.bias.copy_(model.get_submodule("layers.0").bias)
+    rest = model.layers[1:]
+    total = sum(nn.functional.cross_entropy(rest(plain(x)), y) / 2 for x, y in zip(xs, ys))
+    total.backward()
+    assert torch.allclose(captured, plain.weight.grad, atol=1e-6)

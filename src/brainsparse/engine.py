@@ -370,8 +370,9 @@ class DynamicSparseEngine:
     def _make_grad_hook(self, layer: SparseLayer):
         def hook(grad: Tensor) -> Tensor:
             if self._needs_dense_grad() and self.is_update_step(self.step_count + 1):
-                # RigL/MEST: keep the dense gradient of the batch just before an update [RigL]
-                layer.dense_grad = grad.detach().clone()
+                # RigL/MEST: keep the dense gradient of the batch just before an update [RigL],
+                # summed over the micro-batches of a gradient-accumulation window
+                layer.dense_grad = grad.detach().clone() if layer.dense_grad is None else layer.dense_grad + grad.detach()
             return grad * layer.mask_float
 
         return hook
@@ -385,7 +386,8 @@ class DynamicSparseEngine:
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
 
             def on_grad(gy: Tensor) -> None:
-                layer.dense_grad = gy.detach().reshape(-1, gy.shape[-1]).T @ x
+                grad = gy.detach().reshape(-1, gy.shape[-1]).T @ x
+                layer.dense_grad = grad if layer.dense_grad is None else layer.dense_grad + grad  # accumulation
 
             output.register_hook(on_grad)
 
