@@ -408,8 +408,9 @@ def markdown(result: dict[str, Any]) -> str:
         rows = result["decay"]
         ref = rows[0]["method"] if rows else "chts"
         lines += ["### Paper MLP, one epoch at 1 % once the density schedule has finished (batch 32, median)", "",
-                  "`kernel=\"auto\"`; topology updates at the cadence of a 2-epoch run; the engine advanced to its "
-                  "last-but-one epoch of a 10-epoch schedule before timing.", "",
+                  f"`kernel=\"auto\"`; {rows[0].get('steps', '?') if rows else '?'} training steps per epoch; topology "
+                  "updates at the cadence of a 2-epoch run; the engine advanced to its last-but-one epoch of a 10-epoch "
+                  "schedule before timing.", "",
                   f"| method | kernel | epoch | vs {ref} | updates in the epoch (time) | density | layers on the sparse path |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
