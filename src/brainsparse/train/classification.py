@@ -232,6 +232,8 @@ def train_classifier(
     with RunFolder(out, RUN_FILES, resume=resume, overwrite=overwrite) as folder:
         if not resume:
             write_json(folder.path / "config.json", dataclasses.asdict(config))
+        elif history:  # a kill between the checkpoint and the metrics write: the checkpoint is the truth
+            write_jsonl(folder.path / "metrics.jsonl", history)
         return _train_epochs(config, folder, run, train_x, train_y, test_x, test_y, steps_per_epoch, history,
                              start_epoch, wall_before, progress, stop_after_epochs)
 

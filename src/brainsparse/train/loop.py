@@ -117,6 +117,9 @@ def run_steps(
         if not 0 <= step <= steps or any(not isinstance(r, dict) for r in history):
             raise BrainsparseError(f"checkpoint '{out / 'checkpoint.pt'}' holds step {step} of {steps}; "
                                    "start the run again with --overwrite")
+        if is_writer:  # a kill between the checkpoint and the metrics writes: the checkpoint is the truth
+            write_jsonl(out / "metrics.jsonl", history)
+            write_jsonl(out / "updates.jsonl", run.engine.history)
         if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_state"])  # dropout on the GPU
     loss_sum, items, evals = 0.0, 0, 0
