@@ -239,3 +239,18 @@ def test_auto_kernel_classifier_run_switches_and_resumes_exactly(tmp_path, mnist
 
     assert metrics(tmp_path / "full") == metrics(tmp_path / "split")
     assert full["final_test_accuracy"] == resumed["final_test_accuracy"]
+
+
+def test_preferential_attachment_shrink_on_links_matches_the_dense_form():
+    from brainsparse.kernels import LinkStructure
+    from brainsparse.neuroprune import preferential_attachment_shrink, preferential_attachment_shrink_links
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(30, 20, generator=g) < 0.2
+    mask[3] = False  # an empty row
+    weight = torch.randn(30, 20, generator=g, dtype=torch.float64) * mask
+    s = LinkStructure.from_mask(mask)
+    links = preferential_attachment_shrink_links(s.gather(weight), s.rows, s.cols, s.shape, step_size=0.3)
+    dense = preferential_attachment_shrink(weight, mask, step_size=0.3)
+    assert torch.allclose(s.to_dense(links), dense, rtol=1e-12, atol=1e-15)
+    assert (links == 0).any() and (links != 0).any()  # some links shrink to zero, others survive

@@ -33,7 +33,9 @@ from .kernels import SparseLinear, choose_kernel
 from .layers import find_sparse_layers, infer_attention_blocks, infer_chains
 from .methods import MethodConfig, resolve_method
 from .percolation import active_hidden_neurons, percolate
-from .neuroprune import head_outputs, preferential_attachment_shrink, redundant_heads, remove_heads
+from .neuroprune import (
+    head_outputs, preferential_attachment_shrink, preferential_attachment_shrink_links, redundant_heads, remove_heads,
+)
 from .metrics.training import overlap_rate
 from .schedules import density_at, drop_fraction, is_epitopological_minimum, linear_temperature
 from .scoring import ch_l3, l3_path_count
@@ -412,9 +414,14 @@ class DynamicSparseEngine:
             for layer in self.layers.values():
                 if layer.name in self._attention_layers:
                     continue  # NeuroPrune: the penalty acts on the MLP blocks; heads go as wholes
-                layer.write_dense_weight(
-                    preferential_attachment_shrink(layer.dense_weight(), layer.mask, lr * self.method.regularizer_strength)
-                )
+                step = lr * self.method.regularizer_strength
+                if layer.sparse_kernel:  # on the links themselves: no dense (out, in) temporaries
+                    s = layer.module.structure
+                    layer.module.values.copy_(
+                        preferential_attachment_shrink_links(layer.module.values, s.rows, s.cols, s.shape, step)
+                    )
+                    continue
+                layer.write_dense_weight(preferential_attachment_shrink(layer.dense_weight(), layer.mask, step))
         self._mask_weights()
 
     @torch.no_grad()

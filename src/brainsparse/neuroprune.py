@@ -29,6 +29,19 @@ def preferential_attachment_shrink(weight: Tensor, mask: Tensor, step_size: floa
     return magnitude.sub_(threshold).clamp_(min=0.0).mul_(torch.sign(w))
 
 
+def preferential_attachment_shrink_links(values: Tensor, rows: Tensor, cols: Tensor, shape: tuple[int, int],
+                                         step_size: float, eps: float = 1e-3) -> Tensor:
+    """:func:`preferential_attachment_shrink` on a layer stored as links (the sparse path):
+    ``values[k]`` is the weight of link ``(rows[k], cols[k])`` of an ``shape`` matrix; returns the
+    new link values. The strengths are the same sums, accumulated over the links only."""
+    v = values.detach()
+    magnitude = v.abs()
+    r = magnitude.new_zeros(shape[0]).index_add_(0, rows, magnitude)  # r_i
+    c = magnitude.new_zeros(shape[1]).index_add_(0, cols, magnitude)  # c_j
+    threshold = (r[rows] + c[cols]).add_(eps).reciprocal_().mul_(step_size)
+    return magnitude.sub_(threshold).clamp_(min=0.0).mul_(torch.sign(v))
+
+
 def redundant_heads(head_outputs: Tensor, threshold: float = 0.9) -> list[int]:
     """Heads to keep: a greedy dominating set of the graph "cosine similarity > threshold".
 
