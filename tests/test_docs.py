@@ -62,8 +62,9 @@ def test_every_python_block_is_an_included_example():
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(example, tmp_path, monkeypatch):
-    if "transformers" in example.read_text():
-        pytest.importorskip("transformers")
+    for framework in ("transformers", "lightning"):
+        if framework in example.read_text():
+            pytest.importorskip(framework)
     monkeypatch.chdir(tmp_path)  # whatever an example writes lands here
     out = io.StringIO()
     start = time.perf_counter()

@@ -46,6 +46,7 @@ def build_engine(
     saved: dict[str, Any] | None = None,
 ) -> DynamicSparseEngine:
     """Sparsify ``model`` (LLaMA blocks via :func:`~brainsparse.train.language_model.sparsify_llama`,
+    keeping the model's own weights on the kept links unless ``weight_init`` says otherwise;
     anything else via :func:`~brainsparse.sparsify`) and return its engine.
 
     ``saved`` is an engine state from a checkpoint: the run is resuming, and the framework has
@@ -64,6 +65,9 @@ def build_engine(
     if chains and not any(k in options for k in ("include", "exclude", "chains", "pairs")):
         from ..train.language_model import sparsify_llama
 
+        if options.get("method") not in ("dense", "neuroprune"):
+            # as `brainsparse train --task lm`: the model's own (or pretrained) weights, masked
+            options.setdefault("weight_init", "keep")
         engine = sparsify_llama(model, optimizer, total_steps=total_steps, **options)
     else:
         engine = sparsify(model, optimizer, total_steps=total_steps, **options)

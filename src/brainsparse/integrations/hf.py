@@ -37,13 +37,18 @@ from ._common import ENGINE_FILE, build_engine, callback_options, unwrap_optimiz
 
 __all__ = ["SparseTrainingCallback", "ENGINE_FILE"]
 
+if not hasattr(TrainerCallback, "on_optimizer_step"):  # the hook came with transformers 4.42
+    raise ImportError("brainsparse.integrations.hf needs transformers >= 4.42 (TrainerCallback.on_optimizer_step)")
+
 
 class SparseTrainingCallback(TrainerCallback):
     """Sparsify the ``Trainer``'s model when training begins and evolve its topology.
 
     ``method``, ``density``, ``update_every`` (optimizer steps between topology updates) and any
     ``overrides`` (``init``, ``drop_fraction``, ``include``, ...) go to :func:`brainsparse.sparsify`;
-    ``total_steps`` is the Trainer's ``max_steps``; ``seed`` defaults to ``args.seed``.
+    ``total_steps`` is the Trainer's ``max_steps``; ``seed`` defaults to ``args.seed``. A model with
+    LLaMA blocks keeps its own (or pretrained) weights on the kept links (``weight_init="keep"``, as
+    ``brainsparse train --task lm``); pass ``weight_init="swi"`` for the sparse re-initialisation.
 
     Runs the masked-dense path only (``kernel="dense"``): the Trainer saves and loads the model's
     own ``state_dict``, whose ``nn.Linear`` weights must keep their layout.

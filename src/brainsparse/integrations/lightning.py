@@ -40,7 +40,10 @@ class SparseTrainingCallback(Callback):
 
     ``method``, ``density``, ``update_every`` (optimizer steps between topology updates) and any
     ``overrides`` (``init``, ``drop_fraction``, ``include``, ...) go to :func:`brainsparse.sparsify`;
-    ``total_steps`` is Lightning's ``trainer.estimated_stepping_batches``. One optimizer.
+    ``total_steps`` is Lightning's ``trainer.estimated_stepping_batches``. One optimizer. Weights
+    start as the method's preset says (sparse weight initialisation for the sparse methods; LLaMA
+    blocks keep their own, as under ``brainsparse train --task lm``); ``weight_init="keep"`` keeps
+    pretrained weights on the kept links.
 
     Runs the masked-dense path only (``kernel="dense"``): Lightning saves and loads the module's
     own ``state_dict``, whose ``nn.Linear`` weights must keep their layout.
