@@ -244,3 +244,20 @@ def test_lightning_resume_from_its_checkpoint(tmp_path):
         assert torch.equal(sparse2.engine.layers[name].mask, layer.mask), name
     for key, value in module.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_lightning_resume_without_engine_state_is_an_error(tmp_path):
+    L = _lightning()
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from brainsparse.integrations.lightning import SparseTrainingCallback
+
+    saver = ModelCheckpoint(dirpath=str(tmp_path), save_top_k=-1, every_n_epochs=1)
+    options = dict(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)
+    L.Trainer(callbacks=[saver], **options).fit(_module(), _loader())  # dense, no callback
+    (ckpt,) = tmp_path.glob("*.ckpt")
+    trainer = L.Trainer(callbacks=[SparseTrainingCallback(method="set", density=0.3, update_every=1)],
+                        **dict(options, max_epochs=2))
+    with pytest.raises(BrainsparseError, match="no SparseTrainingCallback state"):
+        trainer.fit(_module(), _loader(), ckpt_path=str(ckpt))

@@ -68,6 +68,11 @@ class SparseTrainingCallback(Callback):
         if not math.isfinite(total):
             raise BrainsparseError("the run has no length (max_epochs=-1 and max_steps=-1): set max_steps or max_epochs")
         saved, self._saved = self._saved, None
+        if saved is None and trainer.ckpt_path is not None and self.engine is None:
+            raise BrainsparseError(
+                f"resuming from {trainer.ckpt_path}, which holds no SparseTrainingCallback state: it was not "
+                "written with this callback (sparsifying now would draw a fresh topology over trained weights)"
+            )
         if self.engine is not None and self.engine.model is pl_module:
             # fit() again with a new optimizer: carry the topology over as on a resume
             saved = self.engine.state_dict()
