@@ -142,6 +142,16 @@ def test_callbacks_refuse_the_sparse_kernel():
         SparseTrainingCallback(method="set", density=0.1, update_every=1, total_steps=10)
 
 
+def test_a_model_sparsified_already_is_refused():
+    from brainsparse import sparsify
+    from brainsparse.integrations._common import build_engine
+
+    model = _mlp()
+    sparsify(model, method="static", density=0.5)
+    with pytest.raises(BrainsparseError, match="already sparsified"):
+        build_engine(model, None, {"method": "static", "density": 0.5}, total_steps=4)
+
+
 # ---------------------------------------------------------------------------- Lightning
 def _lightning():
     return pytest.importorskip("lightning.pytorch")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import DynamicSparseEngine, sparsify
+from ..engine import DynamicSparseEngine, engine_of, sparsify
 from ..errors import BrainsparseError
 from ..models.llama import llama_sparse_layout
 
@@ -55,6 +55,10 @@ def build_engine(
     counters, and the weights and optimizer state found on entry are put back exactly — building an
     engine draws (and masks with) a fresh topology, which must not leave a trace.
     """
+    other = engine_of(model)
+    if other is not None and not other._detached:  # noqa: SLF001 - a live engine still hooks the model
+        raise BrainsparseError("the model is already sparsified (brainsparse.sparsify was called on it); "
+                               "let the callback sparsify it, or train it without the callback")
     options = dict(options)
     if saved is not None:
         if options.get("method") != "dense":

@@ -74,12 +74,14 @@ class SparseTrainingCallback(TrainerCallback):
         inner = unwrap_optimizer(optimizer)
         if self.engine is not None and self.engine.model is model and self.engine.optimizer is inner:
             return  # train() called again on the same run: keep evolving the same engine
-        if self.engine is not None and self.engine.model is model:
-            # a new optimizer for the same model: carry the topology over as on a resume
-            saved = self.engine.state_dict()
-            self.engine.detach()
+        if state.global_step > 0:  # resuming: the checkpoint's engine state
+            saved = self._saved_state(args, state)
+        elif self.engine is not None and self.engine.model is model:
+            saved = self.engine.state_dict()  # a new optimizer for the same model: carry the topology over
         else:
-            saved = self._saved_state(args, state) if state.global_step > 0 else None
+            saved = None
+        if self.engine is not None:
+            self.engine.detach()
         options = dict(self.options)
         if options["seed"] is None:
             options["seed"] = int(args.seed)

@@ -95,4 +95,6 @@ class SparseTrainingCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("engine") is not None:
             self._saved = state_dict["engine"]
+            if self.engine is not None:
+                self.engine.detach()
             self.engine = None
