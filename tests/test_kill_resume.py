@@ -27,6 +27,13 @@ torch.set_num_threads(1)
 from brainsparse.cli import main
 import brainsparse.data, brainsparse.report, brainsparse.train.classification  # noqa: E401 - import once, before forking
 torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # imports torch's lazy optimizer machinery
+import io, matplotlib.pyplot as plt  # noqa: E401 - load the fonts once, not in every child
+fig, ax = plt.subplots()
+ax.plot([0, 1], [0, 1], label="x")
+ax.legend()
+ax.set_title("warm-up")
+fig.savefig(io.BytesIO(), format="png")
+plt.close(fig)
 
 data, root, kills, seed, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 
@@ -83,7 +90,7 @@ while delivered < kills:
             continue
     else:
         pid = child(out)
-        time.sleep(rng.uniform(0, 0.7 * T))
+        time.sleep(rng.uniform(0, 0.45 * T))
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == 0:
             os.kill(pid, signal.SIGKILL)

@@ -358,8 +358,10 @@ def _translate(args: argparse.Namespace) -> int:
     from .train.translation import translate_lines
 
     set_threads(args.threads)
-    if args.beam is not None and args.beam < 1:
-        raise BrainsparseError(f"beam {args.beam!r} is invalid; allowed: a positive integer")
+    if args.beam is not None:
+        from .train.translation import check_beam
+
+        check_beam(args.beam)
     if args.output != "-":
         target = Path(args.output)
         if target.is_dir():

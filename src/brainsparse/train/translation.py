@@ -102,6 +102,7 @@ class TranslationConfig(ConfigDict):
         if self.init is not None and self.init.lower() not in INITS:
             raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         check_seed(self.seed)
+        check_beam(self.beam)
         check_language_code(self.source, "source")
         check_language_code(self.target, "target")
         check_nonnegative(self.weight_decay, "weight_decay")
@@ -296,6 +297,17 @@ def train_translation(
         summary = summarize(config, history, wall, bleu(hyps, data.test_refs), data.pair)
         write_json(folder.path / "summary.json", summary)
         return summary
+
+
+#: the widest beam search a run or ``translate`` accepts (wider beams cost time and give nothing)
+MAX_BEAM = 64
+
+
+def check_beam(beam: int) -> int:
+    """Return ``beam`` if it is an integer in [1, MAX_BEAM], else raise."""
+    if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= MAX_BEAM:
+        raise BrainsparseError(f"beam {beam!r} is invalid; allowed: an integer from 1 to {MAX_BEAM}")
+    return beam
 
 
 #: the largest vocabulary file read back from a run folder
