@@ -602,3 +602,33 @@ def test_idx_bomb_and_empty_files_are_refused_from_the_header(tmp_path):
                 fh.write(labels)
         with pytest.raises(DataNotFoundError, match=match):
             load_mnist_family("mnist", folder, download=False)
+
+
+def test_interrupted_overwrite_is_rolled_back_or_forward(world, capsys):
+    import json
+
+    # killed before the commit: the staging folder is dropped, the old run goes on
+    old = world["scratch"] / "rollback"
+    shutil.copytree(world["runs"] / "cls", old)
+    (old / ".overwrite").mkdir()
+    (old / ".overwrite" / "config.json").write_text("{half")
+    assert main(["train", "--resume", "--out", str(old), "--no-progress"]) == 0
+    assert not (old / ".overwrite").exists()
+    assert json.loads((old / "config.json").read_text())["seed"] == 0
+    # killed after the commit, in the middle of moving the files: the swap is finished first
+    new = world["scratch"] / "newrun"
+    assert main(cls_args(world["data"], new, "--seed", "7")) == 0
+    old = world["scratch"] / "rollforward"
+    shutil.copytree(world["runs"] / "cls", old)
+    shutil.copytree(new, old / ".overwrite.ready")
+    names = sorted(p.name for p in new.iterdir())
+    (old / ".overwrite.ready" / ".files").write_text("\n".join(names) + "\n")  # written at the commit
+    (old / "summary.json").write_text("{}")  # the old run's: it must go, the new run has its own
+    (old / ".overwrite.ready" / "summary.json").unlink()  # ... which it had not written yet here
+    os_replace = __import__("os").replace
+    os_replace(old / ".overwrite.ready" / "config.json", old / "config.json")  # moved before the kill
+    assert main(["train", "--resume", "--out", str(old), "--no-progress"]) == 0
+    assert not (old / ".overwrite.ready").exists()
+    assert json.loads((old / "config.json").read_text())["seed"] == 7
+    assert (old / "metrics.jsonl").read_text() == (new / "metrics.jsonl").read_text()
+    assert json.loads((old / "summary.json").read_text())["seed"] == 7  # rewritten by the resumed run

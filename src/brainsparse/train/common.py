@@ -285,6 +285,7 @@ def unlock_run_folder(folder: Path, fd: int) -> None:
 
 STAGING = ".overwrite"  #: a replacement run being built (``--overwrite``), not yet committed
 READY = ".overwrite.ready"  #: a committed replacement whose files are being moved into place
+MANIFEST = ".files"  #: in READY: the names of the new run's files
 
 
 class RunFolder:
@@ -344,6 +345,11 @@ class RunFolder:
         Returns the folder to write into from now on."""
         if self.path != self.final:
             staging, ready = self.path, self.final / READY
+            names = sorted(e.name for e in staging.iterdir())
+            with open(staging / MANIFEST, "w", encoding="utf-8") as fh:  # what the new run holds
+                fh.write("\n".join(names) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
             os.rename(staging, ready)  # the commit point
             _move_into_place(self.final, self.files)
             self.path = self.final
@@ -373,11 +379,18 @@ class RunFolder:
 def _move_into_place(out: Path, files: Sequence[str]) -> None:
     """Replace the run files of ``out`` with those of ``out/.overwrite.ready`` (idempotent)."""
     ready = out / READY
+    try:
+        with open(ready / MANIFEST, "rb") as fh:
+            new = set(fh.read(1 << 16).decode("utf-8", "replace").split("\n"))
+    except OSError:  # no manifest (not written by this code): delete nothing of the old run
+        new = set(files)
     for name in files:
-        if not (ready / name).exists():
+        if name not in new:  # a file of the old run that the new one has not written (yet)
             (out / name).unlink(missing_ok=True)
     for entry in sorted(ready.iterdir()):
-        os.replace(entry, out / entry.name)
+        if entry.name != MANIFEST:
+            os.replace(entry, out / entry.name)
+    (ready / MANIFEST).unlink(missing_ok=True)
     ready.rmdir()
 
 
@@ -460,6 +473,12 @@ def open_run(config: Any, out: Path, files: Sequence[str], resume: bool, overwri
     ``config``; validated, and ``out`` checked, before anything is written."""
     out = Path(out)
     if resume:
+        if (out / READY).is_dir():  # an --overwrite killed while swapping in: finish it first
+            fd = lock_run_folder(out)
+            try:
+                finish_interrupted_swap(out, files)
+            finally:
+                unlock_run_folder(out, fd)
         prepare_run_folder(out, files, resume=True, overwrite=False)
         config = stored_config(type(config), out, given=config)
     else:
