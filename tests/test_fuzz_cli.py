@@ -287,6 +287,14 @@ def static_cases(w) -> list[tuple[list[str], str | None]]:
         *[(["compare", "--dataset", "mnist", "--data-dir", data, "--methods", "set", "--seeds", "0", "--density", "0.2",
             "--hidden", "8", "--train-subset", "64", "--epochs", "1", "--device", "cpu", "--no-progress",
             "--out", d[k]], None) for k in sorted(d) if k.startswith("summary-")],
+        # ---------------------------------------------------------------- methods, recipes, reproduce
+        (["methods", "extra"], "unrecognized"),
+        (["recipes", "--x"], "unrecognized"),
+        (["reproduce", "nosuch", "--out", s / "r1"], "nosuch"),
+        (["reproduce", "../../etc/passwd", "--out", s / "r1"], "recipe"),
+        (["reproduce", "mlp-mnist", "--seeds", "0,0", "--out", s / "r1"], "seed"),
+        (["reproduce", "mlp-mnist", "--epochs", "0", "--out", s / "r1"], "epochs"),
+        (cls("--recipe", "nosuch"), "recipe"),
         # ---------------------------------------------------------------- bench
         (["bench", "--out", s / "afile"], "not a folder"),
         (["bench", "--parts", "nosuch", "--out", s / "b"], "nosuch"),
