@@ -262,6 +262,7 @@ def static_cases(w) -> list[tuple[list[str], str | None]]:
         (["translate", runs / "mt", "--input", s / "ok.txt", "--output", s], "folder"),
         (["translate", runs / "mt", "--input", s / "ok.txt", "--output", s / "no" / "x.txt"], "does not exist"),
         (["translate", runs / "mt", "--input", s / "ok.txt", "--beam", "0"], "beam"),
+        (["translate", runs / "mt", "--input", s / "ok.txt", "--output", runs / "mt" / "checkpoint.pt"], "replace"),
         (["translate", runs / "mt", "--input", s / "ok.txt", "--beam", "100000"], "beam"),
         (mt_args(corpus, new, "--beam", "100000"), "beam"),
         (["translate", runs / "cls", "--input", s / "ok.txt"], "not a translation run folder"),

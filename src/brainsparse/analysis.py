@@ -131,6 +131,9 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, seed: in
     if not run_dir.is_dir():
         raise BrainsparseError(f"run folder '{run_dir}' is not a folder")
     out = Path(out_dir) if out_dir is not None else run_dir / "analysis"
+    if out_dir is None and out.is_symlink():  # the default output stays inside the run folder
+        raise BrainsparseError(f"'{out}' is a symbolic link; analyze writes only inside the run folder: "
+                               "remove the link or pass --out")
     if out.exists() and not out.is_dir():
         raise BrainsparseError(f"output folder '{out}' exists and is not a folder")
 

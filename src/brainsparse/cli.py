@@ -368,6 +368,10 @@ def _translate(args: argparse.Namespace) -> int:
             raise BrainsparseError(f"--output '{target}' is a folder; allowed: a file path (or - for stdout)")
         if not target.parent.is_dir():
             raise BrainsparseError(f"--output '{target}': folder '{target.parent}' does not exist; allowed: a file in an existing folder")
+        from .train.translation import RUN_FILES
+
+        if target.resolve().parent == Path(args.run).resolve() and target.name in RUN_FILES:
+            raise BrainsparseError(f"--output '{target}' would replace the run's own {target.name}; allowed: another file")
     if args.input == "-":
         raw = sys.stdin.buffer.read(_MAX_INPUT_BYTES + 1)
         name = "standard input"
