@@ -212,7 +212,9 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{config.dataset}-{config.method}-d{config.density:g}-s{config.seed}"
     _, train = task_entry(args.task)
     summary = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
+    from .train.checkpoint import strict_json
+
+    print(json.dumps(strict_json(summary), indent=2, allow_nan=False))
     print(f"run folder: {out}")
     print(f"look at it: brainsparse analyze {shlex.quote(str(out))}")
     return 0
