@@ -322,6 +322,10 @@ def test_quick_bench_does_not_replace_full_results(world, capsys):
     folder.mkdir(exist_ok=True)
     (folder / "bench.json").write_text('{"quick": false, "memory": {"x": 1}}\n')
     check_refused(["bench", "--quick", "--parts", "memory", "--out", folder], world, capsys, "--quick")
+    damaged = world["scratch"] / "bench-damaged"
+    damaged.mkdir(exist_ok=True)
+    (damaged / "bench.json").write_text('{"quick": true, "memory": NaN')
+    check_refused(["bench", "--quick", "--parts", "memory", "--out", damaged], world, capsys, "bench.json")
     assert (folder / "bench.json").read_text() == '{"quick": false, "memory": {"x": 1}}\n'
 
 

@@ -298,10 +298,10 @@ def _check_bench_results(path: Path, quick: bool) -> None:
     """A ``--quick`` run must not replace the full results already in ``bench.json``."""
     from .train.checkpoint import read_json_file
 
-    if not quick or not path.exists():
+    if not path.exists():
         return
-    previous = read_json_file(path, "benchmark results")
-    if previous.get("quick") is False:
+    previous = read_json_file(path, "benchmark results")  # a damaged file: one error line, before any timing
+    if quick and previous.get("quick") is False:
         raise BrainsparseError(f"'{path}' holds full benchmark results that a --quick run would replace; "
                                "allowed: another --out for quick runs, or drop --quick")
 
