@@ -645,3 +645,12 @@ def test_interrupted_overwrite_is_rolled_back_or_forward(world, capsys):
     assert json.loads((old / "config.json").read_text())["seed"] == 7
     assert (old / "metrics.jsonl").read_text() == (new / "metrics.jsonl").read_text()
     assert json.loads((old / "summary.json").read_text())["seed"] == 7  # rewritten by the resumed run
+
+
+def test_diverged_translation_run_stops_with_one_error(world, capsys):
+    out = world["scratch"] / "diverge-mt"
+    capsys.readouterr()
+    assert main(mt_args(world["corpus"], out, "--lr", "1e30", "--steps", "8")) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "training diverged" in lines[0] and "step" in lines[0] and "--lr" in lines[0], lines
+    assert not (out / "summary.json").exists()
