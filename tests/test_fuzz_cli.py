@@ -647,6 +647,7 @@ def test_interrupted_overwrite_is_rolled_back_or_forward(world, capsys):
     assert json.loads((old / "summary.json").read_text())["seed"] == 7  # rewritten by the resumed run
 
 
+@pytest.mark.filterwarnings("error")
 def test_diverged_translation_run_stops_with_one_error(world, capsys):
     out = world["scratch"] / "diverge-mt"
     capsys.readouterr()

@@ -137,10 +137,11 @@ def run_steps(
             group["lr"] = lr
         run.optimizer.zero_grad(set_to_none=True)
         loss, n = run.loss_of(batch)
-        if not math.isfinite(float(loss.detach())):
+        value = float(loss.detach())
+        if not math.isfinite(value):
             kept = (f"the last good checkpoint (step {history[-1]['step']}) is kept" if history
                     else "no checkpoint was written yet")
-            raise BrainsparseError(f"training diverged: the training loss became {float(loss)} at step {step}; "
+            raise BrainsparseError(f"training diverged: the training loss became {value} at step {step}; "
                                    f"{kept}; try a lower --lr")
         loss.backward()
         if run.grad_clip:
