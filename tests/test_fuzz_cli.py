@@ -147,7 +147,7 @@ def check_refused(argv: list[str], world, capsys, contains: str | None = None) -
     assert rc not in (0, None), (argv, out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("brainsparse: error:")]
-    assert len(errors) == 1, (argv, err)
+    assert len(errors) == 1 and len(lines) == 1, (argv, err)  # one line on stderr: the error
     assert "Traceback" not in err and "Traceback" not in out, (argv, err)
     assert snapshot(world["runs"]) == before, argv
     if contains is not None:
