@@ -117,6 +117,11 @@ def world(tmp_path_factory):
         shutil.copytree(runs / "cmp", folder)
         (folder / "set-s0" / "summary.json").write_bytes(content)
         damaged[f"summary-{name}"] = folder
+    for name, content in {"bad": b"{oops\n", "binary": b"\xff\n"}.items():
+        folder = runs / f"cmp-summary-metrics-{name}"
+        shutil.copytree(runs / "cmp", folder)
+        (folder / "set-s0" / "metrics.jsonl").write_bytes(content)
+        damaged[f"summary-metrics-{name}"] = folder
     scratch = root / "scratch"
     scratch.mkdir()
     (scratch / "afile").write_text("x")
