@@ -145,6 +145,12 @@ def test_reproduce_writes_report_beside_the_paper(small_mnist, tmp_path):
     again = reproduce("mlp-mnist", methods=["dense", "set", "chts-ems"], seeds=[0, 1], epochs=1, out=out,
                       progress=False, data_dir=str(small_mnist), **_tiny_mlp())
     assert all(s["status"] == "reused" for m in again["methods"].values() for s in m["seeds"])
+    # --report-only trains nothing and names what is missing
+    partial = reproduce("mlp-mnist", methods=["set", "rigl"], seeds=[0, 1], epochs=1, out=out, progress=False,
+                        report_only=True, data_dir=str(small_mnist), **_tiny_mlp())
+    assert list(partial["methods"]) == ["set"] and partial["missing"] == ["rigl-s0", "rigl-s1"]
+    assert not (out / "rigl-s0").exists()
+    assert "Not finished yet" in (out / "report.md").read_text()
 
 
 def _tiny_mlp():

@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="folder for the runs and the report (default runs/<recipe>-d<density>-<budget>)")
     rep.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.add_argument("--report-only", action="store_true",
+                     help="train nothing: report the runs already finished (look at a reproduction while it runs)")
 
     sub.add_parser("recipes", help="list the recipes: what each runs and its expected wall time on 2 cores")
     return parser
@@ -274,7 +276,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     settings = {"data_dir": args.data_dir, "kernel": args.kernel.lower() if args.kernel else None, "device": args.device}
     report = reproduce(
         args.recipe, methods=args.methods, seeds=args.seeds, epochs=args.epochs, steps=args.steps,
-        sparsity=args.sparsity, profile=args.profile, out=args.out, progress=not args.no_progress, **settings,
+        sparsity=args.sparsity, profile=args.profile, out=args.out, progress=not args.no_progress,
+        report_only=args.report_only, **settings,
     )
     from .reproduce import report_markdown
 

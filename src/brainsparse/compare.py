@@ -26,10 +26,11 @@ from .train.common import with_task_defaults  # noqa: E402
 _RUN_KEYS_IGNORED = ("method", "seed", "data_dir", "recipe", "method_options")
 
 
-def run_or_reuse(config: Any, folder: Path, progress: bool = True) -> tuple[str, dict[str, Any]]:
+def run_or_reuse(config: Any, folder: Path, progress: bool = True, train_missing: bool = True) -> tuple[str, dict[str, Any] | None]:
     """Train into ``folder`` unless it already holds this run: reuse it when finished, resume it
     when interrupted. ``config`` is any task's config (see :data:`brainsparse.train.TASKS`).
-    Returns (what happened, summary)."""
+    Returns (what happened, summary); with ``train_missing=False`` nothing is trained and an
+    unfinished run is ``("missing", None)``."""
     _, train = task_entry(config.task)
     config = with_task_defaults(config)
     config_file = folder / "config.json"
@@ -47,9 +48,13 @@ def run_or_reuse(config: Any, folder: Path, progress: bool = True) -> tuple[str,
                 raise BrainsparseError(f"run summary '{folder / 'summary.json'}' lacks a numeric {type(config).SCORE}; "
                                        "delete the file to have the run resumed, or delete the run folder")
             return "reused", summary
+        if not train_missing:
+            return "missing", None
         if (folder / "checkpoint.pt").exists():
             return "resumed", train(config, folder, resume=True, progress=progress)
         return "trained", train(config, folder, overwrite=True, progress=progress)
+    if not train_missing:
+        return "missing", None
     return "trained", train(config, folder, progress=progress)
 
 
@@ -114,10 +119,12 @@ def compare(
     return result
 
 
-def run_grid(plan: Sequence[tuple[str, int, Any]], out: Path, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+def run_grid(plan: Sequence[tuple[str, int, Any]], out: Path, progress: bool = True,
+             train_missing: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Run (or reuse, or resume) every ``(label, seed, config)`` of ``plan`` into
     ``out/<label>-s<seed>``; every config is completed with the task's recipe choices and
-    validated before anything is written. Returns label → one record per seed."""
+    validated before anything is written. Returns label → one record per finished seed
+    (``train_missing=False``: only the runs already finished, nothing is trained)."""
     resolved = []
     for label, seed, config in plan:
         config = with_task_defaults(config)
@@ -128,7 +135,9 @@ def run_grid(plan: Sequence[tuple[str, int, Any]], out: Path, progress: bool = T
     for label, seed, config in resolved:
         cls = type(config)
         folder = out / f"{label}-s{seed}"
-        what, summary = run_or_reuse(config, folder, progress)
+        what, summary = run_or_reuse(config, folder, progress, train_missing)
+        if summary is None:
+            continue
         if progress:
             print(f"{what}: {folder} ({cls.SCORE} {summary[cls.SCORE]:.4f})")
         curve = _curves(folder, cls.CURVE)

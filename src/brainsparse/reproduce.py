@@ -73,11 +73,14 @@ def reproduce(
     profile: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    report_only: bool = False,
     **settings: Any,
 ) -> dict[str, Any]:
     """Run ``recipe`` (its methods, or ``methods``: presets or the recipe's named variants) for
     ``seeds`` at ``sparsity`` (default: the recipe's first) and write the report; returns
-    ``report.json``'s content. ``epochs``/``steps`` shorten (or lengthen) the paper's budget."""
+    ``report.json``'s content. ``epochs``/``steps`` shorten (or lengthen) the paper's budget.
+    ``report_only`` trains nothing: the report covers the runs already finished (a long
+    reproduction can be looked at while it runs)."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     methods = [m.lower() for m in (methods or recipe.methods)]
     if not methods:
@@ -102,10 +105,14 @@ def reproduce(
     if out is None:
         out = Path("runs") / f"{recipe.name}-d{1 - sparsity:g}-{units}{recipe.budget}"
     out = Path(out)
-    runs = run_grid(plan, out, progress)
+    runs = run_grid(plan, out, progress, train_missing=not report_only)
+    if not runs:
+        raise BrainsparseError(f"no finished run of this reproduction in '{out}' yet; allowed: run it without --report-only")
     config_cls = type(plan[0][2])
     table = summarize_runs(runs, config_cls)
     report = _report(recipe, runs, table, config_cls, sparsity, units, seeds, profile)
+    finished = {(label, r["seed"]) for label, items in runs.items() for r in items}
+    report["missing"] = [f"{label}-s{seed}" for label, seed, _ in plan if (label, seed) not in finished]
     write_json(out / "report.json", report)
     write_text(out / "report.md", report_markdown(report))
     plot_report(report, runs, out / "report.png")
@@ -178,6 +185,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for name, row in report["methods"].items():
         ours = f"{_fmt(row['final_mean'], task)} ± {_fmt(row['final_sd'], task)}"
+        if len(row["seeds"]) != len(r["seeds"]):
+            ours += f" (seed{'s' if len(row['seeds']) > 1 else ''} {', '.join(str(x['seed']) for x in row['seeds'])})"
         delta = "—" if row.get("vs_dense_pct") is None or name == "dense" else f"{row['vs_dense_pct']:+.2f} %"
         paper = row.get("paper")
         paper_txt = _fmt(paper["score"] / (100 if task == "classification" and paper["score"] > 1 else 1), task) if paper else "—"
@@ -190,6 +199,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         )
     sources = sorted({row["paper"]["source"] for row in report["methods"].values() if row.get("paper")})
     lines.append("")
+    if report.get("missing"):
+        lines.append("Not finished yet (left out of the means): " + ", ".join(report.get("missing", [])) + ".")
     if sources:
         lines.append("Paper numbers: " + "; ".join(sources) + ".")
     if r.get("paper_note"):
