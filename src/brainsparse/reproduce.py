@@ -185,8 +185,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for name, row in report["methods"].items():
         ours = f"{_fmt(row['final_mean'], task)} ± {_fmt(row['final_sd'], task)}"
-        if len(row["seeds"]) != len(r["seeds"]):
-            ours += f" (seed{'s' if len(row['seeds']) > 1 else ''} {', '.join(str(x['seed']) for x in row['seeds'])})"
+        done = row.get("seeds", [])
+        if done and len(done) != len(r["seeds"]):  # a method with fewer finished seeds than asked for
+            ours += f" (seed{'s' if len(done) > 1 else ''} {', '.join(str(x['seed']) for x in done)})"
         delta = "—" if row.get("vs_dense_pct") is None or name == "dense" else f"{row['vs_dense_pct']:+.2f} %"
         paper = row.get("paper")
         paper_txt = _fmt(paper["score"] / (100 if task == "classification" and paper["score"] > 1 else 1), task) if paper else "—"
