@@ -221,7 +221,7 @@ def plot_report(report: dict[str, Any], runs: dict[str, list[dict[str, Any]]], p
         if length:
             mean = [sum(r["curve"][i] for r in items) / len(items) * scale for i in range(length)]
             left.plot(range(1, length + 1), mean, marker="o", markersize=3, label=name)
-    left.set_xlabel("evaluation")
+    left.set_xlabel("epoch" if task == "classification" else "evaluation")
     left.set_ylabel(report["unit"].replace("(fraction)", "(%)") if scale == 100 else report["unit"])
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
