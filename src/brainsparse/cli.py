@@ -329,7 +329,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
     result = analyze_run(args.run, args.out, seed=args.seed)
     out = args.out or str(Path(args.run) / "analysis")
-    print(json.dumps(result.get("summary", {k: v for k, v in result.items() if k != "layers"}), indent=2, default=str))
+    from .train.checkpoint import strict_json
+
+    summary = result.get("summary", {k: v for k, v in result.items() if k != "layers"})
+    print(json.dumps(strict_json(json.loads(json.dumps(summary, default=str))), indent=2, allow_nan=False))
     print(f"analysis written to {out}")
     return 0
 
