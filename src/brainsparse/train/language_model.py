@@ -13,7 +13,6 @@ topology update (:mod:`brainsparse.train.distributed`); only rank 0 writes files
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

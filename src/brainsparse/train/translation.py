@@ -9,7 +9,6 @@ perplexity and BLEU, the topology), ``updates.jsonl`` (one row per topology upda
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
