@@ -19,23 +19,8 @@ from hypothesis import strategies as st
 from brainsparse.cli import main
 
 from conftest import make_fake_mnist
+from test_translation import write_corpus
 
-WORDS = {"a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "big": "großer", "the": "der"}
-
-
-def write_corpus(folder: Path, n_train: int = 200, n_eval: int = 12, seed: int = 0) -> Path:
-    """A Multi30k-layout word-by-word 'translation' corpus."""
-    rng = random.Random(seed)
-    keys = sorted(WORDS)
-    root = folder / "multi30k"
-    root.mkdir(parents=True, exist_ok=True)
-    for stem, n in (("train", n_train), ("val", n_eval), ("test_2016_flickr", n_eval)):
-        en = [" ".join(rng.choice(keys) for _ in range(rng.randint(2, 5))) for _ in range(n)]
-        de = [" ".join(WORDS[w] for w in s.split()) for s in en]
-        for lang, lines in (("en", en), ("de", de)):
-            with gzip.open(root / f"{stem}.{lang}.gz", "wt", encoding="utf-8") as fh:
-                fh.write("".join(line + "\n" for line in lines))
-    return folder
 
 
 def cls_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -55,7 +40,7 @@ def world(tmp_path_factory):
     """Finished runs (classification, translation, a comparison) and damaged copies of them."""
     root = tmp_path_factory.mktemp("fuzz")
     data = make_fake_mnist(root / "data" / "mnist", n_train=200, n_test=60)
-    corpus = write_corpus(root / "data" / "corpus")
+    corpus = write_corpus(root / "data" / "corpus", n_train=200, n_eval=12)
     runs = root / "runs"
     assert main(cls_args(data, runs / "cls")) == 0
     assert main(mt_args(corpus, runs / "mt")) == 0

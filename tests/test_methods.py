@@ -100,17 +100,22 @@ def test_granet_global_prune_keeps_the_largest_weights_of_the_network():
     assert all(count(m) == link_count(0.4, 8, 8) for m in per_layer._gradual_prune(0.4).values())
 
 
-def test_mest_removes_by_mest_score_at_every_update():
+def _mest_layer(seed: int):
+    """A MEST engine whose first layer has random weights and gradients that reorder its links,
+    with the MEST score |W| + 0.01 |∇W| of every link."""
     torch.manual_seed(0)
-    model = MLP([12, 10, 3])
-    engine = bs.sparsify(model, None, method="mest", density=0.2, update_every=1, total_steps=100, seed=0)
+    engine = bs.sparsify(MLP([12, 10, 3]), None, method="mest", density=0.2, update_every=1, total_steps=100, seed=0)
     layer = engine.layers["layers.0"]
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         layer.weight.copy_(layer.mask * torch.rand(layer.mask.shape, generator=gen))
-    # gradients that reorder the links: score = |W| + 0.01 |grad|
     layer.dense_grad = torch.rand(layer.mask.shape, generator=gen) * 100
     score = (layer.weight.detach().abs() + 0.01 * layer.dense_grad.abs()) * layer.mask
+    return engine, layer, score
+
+
+def test_mest_removes_by_mest_score_at_every_update():
+    engine, layer, score = _mest_layer(1)
     before = layer.mask.clone()
     n = count(before)
     engine.step_count = 1  # an update between EM&S density steps (60 % of T_end is step 45)
@@ -130,14 +135,7 @@ def test_mest_removes_by_mest_score_at_every_update():
 
 def test_mest_ems_shrink_ranks_by_mest_score():
     assert bs.resolve_method("mest").prune_score == "mest"
-    torch.manual_seed(0)
-    engine = bs.sparsify(MLP([12, 10, 3]), None, method="mest", density=0.2, update_every=1, total_steps=100, seed=0)
-    layer = engine.layers["layers.0"]
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        layer.weight.copy_(layer.mask * torch.rand(layer.mask.shape, generator=gen))
-    layer.dense_grad = torch.rand(layer.mask.shape, generator=gen) * 100
-    score = (layer.weight.detach().abs() + 0.01 * layer.dense_grad.abs()) * layer.mask
+    engine, layer, score = _mest_layer(2)
     n_target = link_count(0.2 + 0.025, 10, 12)
     kept = engine._gradual_prune(0.2 + 0.025)["layers.0"]
     best = torch.topk(score[layer.mask], n_target).indices
