@@ -355,6 +355,7 @@ def test_choose_kernel():
     assert choose_kernel(1568, 784, 0.01, 256) == "sparse"
     assert choose_kernel(1568, 1568, 0.9, 32) == "dense"
     assert choose_kernel(1568, 1568, 1.0, 256) == "dense"
+    assert choose_kernel(1568, 1568, 0.01, 32, "cuda") == "dense"  # the CSR path loses on a GPU
 
 
 # ---------------------------------------------------------------------------- SparseLinear

@@ -229,7 +229,8 @@ class DynamicSparseEngine:
         self.apply_masks()
         for layer in self.layers.values():
             shape = layer.mask.shape
-            use = self.kernel if self.kernel != "auto" else choose_kernel(*shape, layer.density, self.batch_size)
+            use = self.kernel if self.kernel != "auto" else choose_kernel(
+                *shape, layer.density, self.batch_size, layer.mask.device.type)
             if use == "sparse":
                 self._to_sparse_kernel(layer)
 
@@ -318,7 +319,7 @@ class DynamicSparseEngine:
             density = layer.links / size
             if layer.sparse_kernel:
                 density /= SWITCH_BACK_FACTOR  # hysteresis
-            use = choose_kernel(*layer.mask.shape, density, self.batch_size)
+            use = choose_kernel(*layer.mask.shape, density, self.batch_size, layer.mask.device.type)
             if use != ("sparse" if layer.sparse_kernel else "dense"):
                 self._switch_kernel(layer, use)
                 switched[name] = use

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._random import rand, randperm
 from ._validation import check_choice
 from .errors import BrainsparseError
 
@@ -28,7 +29,7 @@ def _random_pick(index: Tensor, k: int, generator: torch.Generator | None) -> Te
     """``k`` entries of ``index`` uniformly without replacement."""
     if k <= 0:
         return index[:0]
-    perm = torch.randperm(index.numel(), generator=generator, device=index.device)
+    perm = randperm(index.numel(), generator=generator, device=index.device)
     return index[perm[:k]]
 
 
@@ -38,7 +39,7 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
         return index[:0]
     if k >= index.numel():
         return index
-    perm = torch.randperm(index.numel(), generator=generator, device=index.device) if generator is not None else None
+    perm = randperm(index.numel(), generator=generator, device=index.device) if generator is not None else None
     if keys.is_floating_point() and bool(torch.isnan(keys).any()):
         if perm is not None:
             index, keys = index[perm], keys[perm]
@@ -63,7 +64,7 @@ def gumbel_keys(log_weights: Tensor, generator: torch.Generator | None) -> Tenso
     ``key = log_weights − log(−log(u))`` with ``u`` uniform in float64 (computed in place: one
     array of the candidates' size, the same values as the out-of-place formula).
     """
-    u = torch.rand(log_weights.shape, generator=generator, dtype=torch.float64, device=log_weights.device)
+    u = rand(log_weights.shape, generator=generator, dtype=torch.float64, device=log_weights.device)
     u.clamp_(min=1e-300, max=1.0 - 1e-16)
     u.log_().neg_().log_()  # log(−log(u)): minus the Gumbel noise
     return torch.sub(log_weights.double(), u, out=u)

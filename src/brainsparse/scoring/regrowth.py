@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._random import rand
+
 
 def random_scores(mask: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """Uniform (0, 1] scores on absent links [SET]: top-k of them is a uniform random choice."""
-    u = torch.rand(mask.shape, generator=generator, device=mask.device)
+    u = rand(mask.shape, generator=generator, device=mask.device)
     return (1.0 - u) * ~mask.bool()
 
 

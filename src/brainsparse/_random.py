@@ -1,0 +1,27 @@
+"""Random draws for tensors on any device from a generator on any device.
+
+A ``torch.Generator`` draws only on its own device; the engine keeps one CPU generator, so a
+seed gives the same topology on CPU and GPU. These helpers draw where the generator lives and
+move the result to where the data lives.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    return generator.device if generator is not None else device
+
+
+def rand(shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | None, device: torch.device,
+         dtype: torch.dtype = torch.float32) -> Tensor:
+    """Uniform [0, 1) draws of ``shape`` on ``device``."""
+    out = torch.rand(tuple(shape), generator=generator, dtype=dtype, device=_draw_device(generator, device))
+    return out.to(device)
+
+
+def randperm(n: int, *, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """A uniform permutation of ``0..n-1`` on ``device``."""
+    return torch.randperm(n, generator=generator, device=_draw_device(generator, device)).to(device)
