@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs brainsparse and what it needs into the project's virtual environment `.venv`
 # (created on first use, reused afterwards; never the global interpreter).
-#   scripts/setup.sh          install the package and the experiment runner
+#   scripts/setup.sh          install the package and the experiment runner (the `runner` extra)
 #   scripts/setup.sh test     also the test and docs dependencies
 # PYTHON=/path/to/python picks the interpreter the environment is made from (default python3).
 set -euo pipefail
@@ -30,7 +30,7 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet "torch==2.13.0"
 fi
-extra=""
-[ "${1:-}" = "test" ] && extra="[test,docs]"
+extra="[runner]"
+[ "${1:-}" = "test" ] && extra="[runner,test,docs]"
 "$PY" -m pip install --quiet -e ".${extra}"
 echo "setup: brainsparse installed in $(cd "$VENV" && pwd) — run it as $VENV/bin/brainsparse, or 'source $VENV/bin/activate' first" >&2

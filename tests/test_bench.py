@@ -44,7 +44,7 @@ def test_decay_part_times_decayed_methods_on_the_sparse_path(mnist_dir):
                        hidden=(64, 64), train_subset=640, chunk=7)
     by = {(r["method"], r["kernel"]): r for r in rows}
     assert set(by) == {("chts", "auto"), ("chtss", "auto"), ("granet", "auto"), ("chtss", "dense")}
-    for (method, kernel), r in by.items():
+    for (_method, kernel), r in by.items():
         assert r["epoch_s"] > 0 and len(r["epoch_s_all"]) == (1 if kernel == "dense" else 2)
         assert r["density"] == pytest.approx(0.05, abs=0.002)  # the schedules have finished
         assert r["layers"] == 2 and r["sparse_layers"] == (0 if kernel == "dense" else 2)

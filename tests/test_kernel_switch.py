@@ -159,7 +159,7 @@ def test_density_rising_past_the_crossover_goes_back_with_hysteresis():
         record = _step(model, opt, engine, batch)[1]
         if record is None:
             continue
-        for name, layer in engine.layers.items():
+        for layer in engine.layers.values():
             d = layer.links / layer.mask.numel()
             if d < c:
                 assert layer.sparse_kernel

@@ -150,7 +150,7 @@ def test_hf_llama_sparsified_and_trained(method):
     names = set(dst.layers)
     assert len(names) == 14 and not any("embed" in n or "lm_head" in n for n in names)
     g = torch.Generator().manual_seed(1)
-    for step in range(steps):
+    for _ in range(steps):
         x = torch.randint(0, 64, (4, 12), generator=g)
         opt.zero_grad()
         out = model(input_ids=x[:, :-1])

@@ -440,6 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except _UsageError as exc:
         return _error(str(exc))
+    if args.command != "methods":
+        from ._optional import INSTALL_HINT, missing_runner_packages
+
+        missing = missing_runner_packages()
+        if missing:
+            return _error(f"'brainsparse {args.command}' needs the experiment runner's packages "
+                          f"({', '.join(missing)} missing): {INSTALL_HINT}")
     try:
         if args.command == "train":
             return _train(args)
