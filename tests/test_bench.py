@@ -54,3 +54,16 @@ def test_decay_part_times_decayed_methods_on_the_sparse_path(mnist_dir):
     text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"}, "decay": rows})
     assert "once the density schedule has finished" in text and "| chtss | dense |" in text
     json.dumps(rows)
+
+
+def test_peak_part_runs_each_run_in_its_own_process(mnist_dir):
+    from brainsparse.bench import markdown
+    from brainsparse.bench_peak import bench_peak_memory
+
+    rows = bench_peak_memory(data_dir=str(mnist_dir), runs=("plain-dense", "set"), steps=4, density=0.1,
+                             hidden=(64, 64))
+    assert [r["run"] for r in rows] == ["plain-dense", "set"]
+    assert rows[0]["vs_plain_dense"] == 1.0 and rows[1]["updates"] >= 1
+    assert all(r["peak_rss_mib"] > 50 for r in rows)  # PyTorch alone takes more
+    text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"}, "peak": rows})
+    assert "| plain-dense | 1 |" in text and "| set | 0.1 |" in text

@@ -530,3 +530,18 @@ def test_real_fashion_mnist_from_system_location(isolated, monkeypatch):
     monkeypatch.setattr(locate, "SYSTEM_ROOTS", DEFAULT_SYSTEM_ROOTS)  # the real system locations
     assert find_dataset("fashion-mnist", download=False) == DEBIAN_FASHION
     _check_real(load_mnist_family("fashion-mnist", download=False))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pixel_images_stay_uint8_and_equal_the_float_tensor(isolated, normalize):
+    folder = isolated["tmp"] / "d"
+    make_fake(folder / "mnist", n_train=40, n_test=6)
+    floats = load_mnist_family("mnist", folder, download=False, normalize=normalize)
+    pixels = load_mnist_family("mnist", folder, download=False, normalize=normalize, as_pixels=True)
+    for f, p in ((floats[0], pixels[0]), (floats[2], pixels[2])):
+        assert p.pixels.dtype == torch.uint8 and p.shape == f.shape and len(p) == f.shape[0]
+        assert torch.equal(p.float(), f)  # bit for bit, whole set
+        index = torch.tensor([5, 0, 3, 3])
+        assert torch.equal(p[index], f[index]) and torch.equal(p[1:4], f[1:4]) and torch.equal(p[2], f[2])
+    assert torch.equal(pixels[0].rows(slice(None, 7)).float(), floats[0][:7])
+    assert pixels[1].dtype == torch.int64 and torch.equal(pixels[1], floats[1])

@@ -237,9 +237,9 @@ def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: fl
 
     if nominal_epochs < 3:
         raise ValueError("nominal_epochs must be >= 3")
-    train_x, train_y, _, _ = load_mnist_family(dataset, data_dir=data_dir)
+    train_x, train_y, _, _ = load_mnist_family(dataset, data_dir=data_dir, as_pixels=True)
     if train_subset is not None:
-        train_x, train_y = train_x[:train_subset], train_y[:train_subset]
+        train_x, train_y = train_x.rows(slice(None, train_subset)), train_y[:train_subset]
     n = train_x.shape[0]
     spe = -(-n // batch_size)
     layout = [train_x.shape[1], *hidden, num_classes(dataset)]
@@ -310,7 +310,7 @@ def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: fl
 
 
 #: The benchmark parts, in the order they run.
-PARTS = ("layers", "scoring", "memory", "epoch", "decay")
+PARTS = ("layers", "scoring", "memory", "epoch", "decay", "peak")
 
 
 def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
@@ -341,6 +341,10 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
     if "decay" in parts:
         result["decay"] = bench_decay(dataset=dataset, data_dir=data_dir, train_subset=3000 if quick else None,
                                       repeats=1 if quick else 3, masked_baseline=not quick)
+    if "peak" in parts:
+        from .bench_peak import bench_peak_memory
+
+        result["peak"] = bench_peak_memory(dataset=dataset, data_dir=data_dir, steps=100 if quick else 400)
     result["machine"]["load_average_end"] = _load_average()
     _carry_over(out / "bench.json", result, parts)
     write_json(out / "bench.json", result)
@@ -442,6 +446,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['optimizer']} | {r['dense_bytes'] / 2**20:.2f} MiB | {r['sparse_bytes'] / 2**20:.3f} MiB | "
                          f"{100 * r['ratio']:.2f} % |")
         lines.append("")
+    if "peak" in result:
+        from .bench_peak import markdown_rows
+
+        lines += markdown_rows(result["peak"])
     return "\n".join(lines)
 
 

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmark sparse kernels, CH scoring, memory and a training epoch")
     bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
     bench.add_argument("--parts", type=_str_list, default=["layers", "scoring", "memory", "epoch", "decay"],
-                       help="comma-separated: layers, scoring, memory, epoch, decay")
+                       help="comma-separated: layers, scoring, memory, epoch, decay, peak (peak memory of whole "
+                            "runs, each in its own process; not in the default set)")
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
     bench.add_argument("--dataset", default="mnist", help="dataset of the epoch benchmark")
     bench.add_argument("--data-dir", default=None)
@@ -312,7 +313,7 @@ def _check_bench_results(path: Path, quick: bool) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
 
-    allowed = {"layers", "scoring", "memory", "epoch", "decay"}
+    allowed = {"layers", "scoring", "memory", "epoch", "decay", "peak"}
     unknown = [p for p in args.parts if p not in allowed]
     if unknown:
         raise BrainsparseError(f"unknown benchmark part {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import BrainsparseError, DataNotFoundError
 from .idx import read_idx
+from .images import PixelImages
 from .locate import dataset_files, find_dataset
 
 __all__ = [
@@ -268,15 +269,12 @@ def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, info: DatasetInfo,
-                normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                normalize: bool, as_pixels: bool) -> tuple[torch.Tensor | PixelImages, torch.Tensor]:
     n = images.shape[0]
-    x = torch.from_numpy(images.reshape(n, -1)).to(torch.float32)
-    if normalize:
-        # (p / 255 - mean) / std, in place to keep peak memory low
-        x.mul_(1.0 / (255.0 * info.std)).sub_(info.mean / info.std)
-    else:
-        x.mul_(1.0 / 255.0)
-    return x, torch.from_numpy(labels)
+    # (p / 255 - mean) / std as p · scale − shift
+    scale, shift = (1.0 / (255.0 * info.std), info.mean / info.std) if normalize else (1.0 / 255.0, 0.0)
+    pixels = PixelImages(torch.from_numpy(images.reshape(n, -1)), scale, shift)
+    return (pixels if as_pixels else pixels.float()), torch.from_numpy(labels)
 
 
 def load_mnist_family(
@@ -285,12 +283,15 @@ def load_mnist_family(
     download: bool = True,
     *,
     normalize: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    as_pixels: bool = False,
+) -> tuple[torch.Tensor | PixelImages, torch.Tensor, torch.Tensor | PixelImages, torch.Tensor]:
     """Load ``name`` ("mnist", "fashion-mnist", "emnist-balanced", "emnist-<split>").
 
     Returns ``(train_x, train_y, test_x, test_y)``: ``x`` float32 (N, 784), scaled to [0, 1] and
     then normalised with the dataset's mean/std (``normalize=False`` keeps [0, 1]); ``y`` int64
-    class indices in ``[0, num_classes)``. EMNIST images are turned upright.
+    class indices in ``[0, num_classes)``. EMNIST images are turned upright. ``as_pixels=True``
+    returns the images as :class:`~brainsparse.data.images.PixelImages` (uint8 in memory, the
+    same float32 values per batch).
 
     The files are found by :func:`brainsparse.data.find_dataset` (``data_dir``, then
     ``$BRAINSPARSE_DATA``, system locations and the user cache); if absent and ``download`` is
@@ -301,6 +302,6 @@ def load_mnist_family(
     paths = dataset_files(info.name, folder)
     train_images, train_labels = load_idx_pair(paths["train_images"], paths["train_labels"], info)
     test_images, test_labels = load_idx_pair(paths["test_images"], paths["test_labels"], info)
-    train_x, train_y = _to_tensors(train_images, train_labels, info, normalize)
-    test_x, test_y = _to_tensors(test_images, test_labels, info, normalize)
+    train_x, train_y = _to_tensors(train_images, train_labels, info, normalize, as_pixels)
+    test_x, test_y = _to_tensors(test_images, test_labels, info, normalize, as_pixels)
     return train_x, train_y, test_x, test_y

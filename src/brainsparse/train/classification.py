@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .._validation import check_density, check_nonnegative, check_positive_int, check_seed, check_unit_interval
 from ..engine import DynamicSparseEngine, sparsify
 from ..errors import BrainsparseError
+from ..data.images import PixelImages
 from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
@@ -106,12 +107,13 @@ class TrainConfig(ConfigDict):
         return method_option_overrides(self)
 
 
-def _load_data(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+def _load_data(config: TrainConfig) -> tuple[PixelImages, Tensor, PixelImages, Tensor, int]:
     from ..data import load_mnist_family, num_classes
 
-    train_x, train_y, test_x, test_y = load_mnist_family(config.dataset, data_dir=config.data_dir)
+    # images stay uint8 in memory and become normalised float32 one batch at a time
+    train_x, train_y, test_x, test_y = load_mnist_family(config.dataset, data_dir=config.data_dir, as_pixels=True)
     if config.train_subset is not None:
-        train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
+        train_x, train_y = train_x.rows(slice(None, config.train_subset)), train_y[: config.train_subset]
     for split, x in (("training", train_x), ("test", test_x)):
         if x.shape[0] == 0:
             raise BrainsparseError(f"the {split} split of {config.dataset} holds no images; allowed: a dataset with images in both splits")
@@ -119,7 +121,7 @@ def _load_data(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: Tensor | PixelImages, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on ``x, y``."""
     model.eval()
     loss_sum, correct = 0.0, 0
