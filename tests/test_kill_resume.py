@@ -108,7 +108,7 @@ if os.path.exists(out):
 print(json.dumps({"seconds": T, "episodes": episodes, "kills": delivered, "at_write": at_write}))
 '''
 
-TIMES = ("epoch_time_s", "update_time_s", "time_s", "wall_time_s")
+TIMES = ("epoch_time_s", "update_time_s", "time_s", "wall_time_s", "train_time_s")
 
 
 def _rows(folder: Path) -> list[dict]:

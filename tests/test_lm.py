@@ -159,6 +159,7 @@ def test_cli(ptb_dir, tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "set" and summary["steps_completed"] == 4
+    assert 0 < summary["train_time_s"] <= summary["wall_time_s"]
     assert main(["train", "--task", "lm", "--epochs", "3", "--out", str(tmp_path / "x")]) == 2
     assert "option --epochs does not apply to task 'lm'" in capsys.readouterr().err
     assert main(["train", "--task", "lm", "--model", "llama-7b", "--out", str(tmp_path / "y")]) == 2

@@ -196,6 +196,7 @@ def test_translation_run_end_to_end(corpus, tmp_path):
     assert [u["step"] for u in updates] == [3, 6, 9]
     assert all(v["removed"] == v["regrown"] for u in updates for v in u["layers"].values())
     assert summary["test_bleu"] >= 0 and summary["density"] == 0.2
+    assert 0 < summary["train_time_s"] <= summary["wall_time_s"]
     assert len((out / "test.hyp.de").read_text().splitlines()) == 30
     assert not any("generator" in n or "embed" in n for n in rows[0]["layers"])
     assert len(rows[0]["layers"]) == 4 + 8 + 4  # enc self-attn + dec self/cross-attn + two FFNs

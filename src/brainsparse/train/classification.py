@@ -26,7 +26,10 @@ from ..methods import INITS, MethodConfig, resolve_method
 from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .common import ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, restore_training_state, topology_record
+from .common import (
+    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
+    restore_training_state, topology_record, train_time_s,
+)
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 
@@ -275,13 +278,14 @@ def _train_epochs(config, folder, run, train_x, train_y, test_x, test_y, steps_p
             if b % 50 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         bar.close()
+        train_time = time.perf_counter() - t0
         lr = run.optimizer.param_groups[0]["lr"]
         test_loss, test_acc = evaluate(run.model, test_x, test_y, config.eval_batch_size)
         epoch_time = time.perf_counter() - t0
         record = topology_record(
             run.engine, updates_before, epoch=epoch + 1,
             train_loss=loss_sum / seen, train_accuracy=correct / seen,
-            test_loss=test_loss, test_accuracy=test_acc, lr=lr, epoch_time_s=epoch_time,
+            test_loss=test_loss, test_accuracy=test_acc, lr=lr, epoch_time_s=epoch_time, train_time_s=train_time,
         )
         history.append(record)
         wall_before += epoch_time
@@ -341,6 +345,7 @@ def summarize(config: TrainConfig, history: list[dict[str, Any]], wall_time: flo
         "active_neuron_rate": last["active_neuron_rate"],
         "final_density": last["density"],
         "wall_time_s": wall_time,
+        "train_time_s": train_time_s(history, "train_time_s"),
         "links": {n: v["links"] for n, v in last["layers"].items()},
     }
 

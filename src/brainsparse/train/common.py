@@ -49,6 +49,14 @@ def clear_run_folder(out: Path, files: Sequence[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def train_time_s(history: list[dict[str, Any]], key: str) -> float | None:
+    """Seconds of optimizer steps and topology updates in a run, evaluation excluded: the sum of
+    each history row's ``key``; ``None`` when a row lacks it (written by an older version)."""
+    if any(key not in r for r in history):
+        return None
+    return float(sum(r[key] for r in history))
+
+
 def topology_record(engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
     """One metrics.jsonl row: ``values`` plus the sparse network's state and the topology updates
     made since ``engine.history[updates_before]`` (their count, time and last overlap)."""

@@ -32,7 +32,10 @@ from ..models.llama import llama_config, llama_sparse_layout
 from ..report.plots import plot_step_curves
 from . import distributed as dd
 from .checkpoint import load_checkpoint, write_json
-from .common import ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, stored_config
+from .common import (
+    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
+    stored_config, train_time_s,
+)
 from .loop import StepRun, run_steps
 from .lr import warmup_cosine
 
@@ -351,6 +354,7 @@ def summarize(config: LMConfig, corpus: Corpus, history: list[dict[str, Any]], w
         "active_neuron_rate": last["active_neuron_rate"],
         "final_density": last["density"],
         "wall_time_s": wall,
+        "train_time_s": train_time_s(history, "time_s"),
         "processes": processes,
         "threads": torch.get_num_threads(),
         "links": {n: v["links"] for n, v in last["layers"].items()},

@@ -27,7 +27,10 @@ from ..models.decoding import beam_search
 from ..models.transformer import PRESETS, Seq2SeqTransformer, transformer_config
 from ..report.plots import plot_step_curves
 from .checkpoint import atomic_write, load_checkpoint, read_json_file, write_json, write_text
-from .common import ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, stored_config
+from .common import (
+    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
+    stored_config, train_time_s,
+)
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
 
@@ -358,6 +361,7 @@ def summarize(
         "active_neuron_rate": last["active_neuron_rate"],
         "final_density": last["density"],
         "wall_time_s": wall,
+        "train_time_s": train_time_s(history, "time_s"),
         "links": {n: v["links"] for n, v in last["layers"].items()},
     }
 
