@@ -67,3 +67,24 @@ def test_peak_part_runs_each_run_in_its_own_process(mnist_dir):
     assert all(r["peak_rss_mib"] > 50 for r in rows)  # PyTorch alone takes more
     text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"}, "peak": rows})
     assert "| plain-dense | 1 |" in text and "| set | 0.1 |" in text
+
+
+def test_peers_part_times_ours_beside_installed_peers():
+    from brainsparse.bench_peers import bench_peers, installed_peers, markdown_rows
+
+    rows = bench_peers(shapes=((48, 40),), densities=(0.1,), batches=(8,), repeats=2)
+    assert len(rows) == 1 and rows[0]["brainsparse_s"] > 0
+    for peer in installed_peers():
+        assert rows[0][f"{peer}_s"] > 0
+    if installed_peers():
+        assert rows[0]["speedup_vs_best_peer"] > 0
+    assert "| 48×40 | 0.1 | 8 |" in "\n".join(markdown_rows(rows))
+
+
+def test_bench_peers_without_peers_names_the_extra(monkeypatch, tmp_path, capsys):
+    import brainsparse.bench_peers as bp
+    from brainsparse.cli import main
+
+    monkeypatch.setattr(bp, "installed_peers", lambda: [])
+    assert main(["bench", "--peers", "--parts", "memory", "--out", str(tmp_path / "b")]) == 2
+    assert "brainsparse[peers]" in capsys.readouterr().err

@@ -310,7 +310,7 @@ def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: fl
 
 
 #: The benchmark parts, in the order they run.
-PARTS = ("layers", "scoring", "memory", "epoch", "decay", "peak")
+PARTS = ("layers", "scoring", "memory", "epoch", "decay", "peak", "peers")
 
 
 def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
@@ -345,6 +345,12 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
         from .bench_peak import bench_peak_memory
 
         result["peak"] = bench_peak_memory(dataset=dataset, data_dir=data_dir, steps=100 if quick else 400)
+    if "peers" in parts:
+        from .bench_peers import bench_peers
+
+        result["peers"] = bench_peers(
+            shapes=((1568, 784), (1568, 1568)) if quick else ((1568, 784), (1568, 1568), (4096, 4096)),
+            repeats=5 if quick else 20)
     result["machine"]["load_average_end"] = _load_average()
     _carry_over(out / "bench.json", result, parts)
     write_json(out / "bench.json", result)
@@ -450,6 +456,10 @@ def markdown(result: dict[str, Any]) -> str:
         from .bench_peak import markdown_rows
 
         lines += markdown_rows(result["peak"])
+    if "peers" in result:
+        from .bench_peers import markdown_rows as peer_rows
+
+        lines += peer_rows(result["peers"])
     return "\n".join(lines)
 
 

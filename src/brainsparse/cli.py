@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
     bench.add_argument("--parts", type=_str_list, default=["layers", "scoring", "memory", "epoch", "decay"],
                        help="comma-separated: layers, scoring, memory, epoch, decay, peak (peak memory of whole "
-                            "runs, each in its own process; not in the default set)")
+                            "runs, each in its own process; not in the default set), peers")
+    bench.add_argument("--peers", action="store_true",
+                       help="also time the installed peers (sparselab, SparseProp) per layer in the same process")
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
     bench.add_argument("--dataset", default="mnist", help="dataset of the epoch benchmark")
     bench.add_argument("--data-dir", default=None)
@@ -313,7 +315,14 @@ def _check_bench_results(path: Path, quick: bool) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
 
-    allowed = {"layers", "scoring", "memory", "epoch", "decay", "peak"}
+    allowed = {"layers", "scoring", "memory", "epoch", "decay", "peak", "peers"}
+    if args.peers:
+        from .bench_peers import installed_peers
+
+        if not installed_peers():
+            raise BrainsparseError("--peers times sparselab and SparseProp beside brainsparse, and neither is "
+                                   "installed: pip install 'brainsparse[peers]'")
+        args.parts = [*args.parts, "peers"] if "peers" not in args.parts else args.parts
     unknown = [p for p in args.parts if p not in allowed]
     if unknown:
         raise BrainsparseError(f"unknown benchmark part {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
