@@ -38,7 +38,9 @@ def sparse_linear_forward(x: Tensor, values: Tensor, bias: Optional[Tensor], cro
                           backend: str) -> tuple[Tensor, Tensor]:
     """``(y, saved)`` of the sparse linear layer (see the module docstring)."""
     y, xt = passes.forward(x, values, bias, crow, cols, rows, backend)
-    return y, (xt if xt is not None else x.new_empty((0,)))
+    # row-major like the fake kernel (PyTorch's CSR product with a bias gives a column-major y;
+    # same values, and the next sparse layer computes the same either way)
+    return y.contiguous(), (xt if xt is not None else x.new_empty((0,)))
 
 
 @sparse_linear_forward.register_fake
@@ -78,7 +80,7 @@ sparse_linear_forward.register_autograd(_backward, setup_context=_setup_context)
 def sparse_linear_grad_x(grad_y: Tensor, values: Tensor, crow: Tensor, cols: Tensor, rows: Tensor,
                          t_perm: Tensor, t_rows: Tensor, ccol: Tensor, backend: str) -> Tensor:
     """The input gradient ``grad_y · W``, ``(N, in)``."""
-    return passes.grad_x(grad_y, values, crow, cols, rows, t_perm, t_rows, ccol, backend)
+    return passes.grad_x(grad_y, values, crow, cols, rows, t_perm, t_rows, ccol, backend).contiguous()
 
 
 @sparse_linear_grad_x.register_fake
