@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 
 import torch
 from torch import Tensor
@@ -38,7 +39,8 @@ def _check() -> bool:
     """The compiled scorers against the PyTorch ones on a small random layer."""
     gen = torch.Generator().manual_seed(0)
     mask = torch.rand(23, 17, generator=gen) < 0.3
-    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+    with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
         for var in VARIANTS:
             exact = exact_scores(mask, var, 1 << 24, "sparse").masked_fill_(mask, 0.0)
             for matrix, expected in ((False, exact), (True, matrix_scores(mask, var, use_sparse=False))):
