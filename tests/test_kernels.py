@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from brainsparse.errors import BrainsparseError
-from brainsparse.scoring import ch_l3_exact, ch_l3_matrix
 from brainsparse.kernels import (
     LinkStructure,
     SparseLinear,
@@ -27,6 +26,7 @@ from brainsparse.kernels import (
     sparse_linear,
     use_backend,
 )
+from brainsparse.scoring import ch_l3_exact, ch_l3_matrix
 
 
 def _cpp_available() -> bool:
@@ -303,9 +303,11 @@ def test_backend_argument_and_resolution():
 def test_deprecated_process_switches_still_work(monkeypatch):
     """set_backend / use_backend: deprecated, they change what "auto" means."""
     with pytest.warns(DeprecationWarning, match="backend="):
-        with use_backend("torch") as active:
-            assert active == "torch" and backend() == "torch" and resolve("auto") == "torch"
-            assert resolve("cpp") == ("cpp" if available() else "torch")  # explicit wins
+        switch = use_backend("torch")
+    with switch as active:
+        assert active == "torch" and backend() == "torch" and resolve("auto") == "torch"
+        assert resolve("cpp") == ("cpp" if available() else "torch")  # explicit wins
+    assert backend() == ("cpp" if available() else "torch")
     monkeypatch.setenv("BRAINSPARSE_KERNEL_BACKEND", "torch")
     try:
         with pytest.warns(DeprecationWarning):

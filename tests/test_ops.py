@@ -4,13 +4,20 @@ torch.compile of models on the sparse and the dense-masked path (same training a
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 
 import pytest
 import torch
 from torch import nn
 
-from brainsparse.kernels import LinkStructure, SparseLinear, available, ops, sparse_linear
+from brainsparse.kernels import (
+    LinkStructure,
+    SparseLinear,
+    available,
+    ops,
+    sparse_linear,
+)
 from brainsparse.scoring import ch_l3_exact, ch_l3_matrix
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not available(), reason="no C++ kernel"))]
@@ -104,7 +111,7 @@ def _mlp(sparse: bool, backend: str = "auto", seed: int = 0, sizes=(20, 32, 32, 
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     masks = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         lin = nn.Linear(a, b)
         mask = torch.rand(b, a, generator=gen) < density
         with torch.no_grad():

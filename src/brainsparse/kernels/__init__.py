@@ -19,7 +19,15 @@ The kernels import nothing from :mod:`brainsparse.scoring` (scoring depends on k
 """
 
 from . import ops
-from .backend import BACKENDS, available, backend, cpu_kernels, resolve, set_backend, use_backend
+from .backend import (
+    BACKENDS,
+    available,
+    backend,
+    cpu_kernels,
+    resolve,
+    set_backend,
+    use_backend,
+)
 from .crossover import choose_kernel, crossover_density
 from .layer import SparseLinear
 from .sparse_linear import sparse_linear, sparse_linear_indices

@@ -103,10 +103,15 @@ def backend() -> str:
     return resolve("auto")
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[str]:
-    """Deprecated: temporarily set what ``backend="auto"`` means (pass ``backend=`` instead)."""
+def use_backend(name: str) -> contextlib.AbstractContextManager[str]:
+    """Deprecated: temporarily set what ``backend="auto"`` means (pass ``backend=`` instead);
+    ``with use_backend("torch") as active: ...``."""
     _deprecated("use_backend()")
+    return _temporary_default(name)
+
+
+@contextlib.contextmanager
+def _temporary_default(name: str) -> Iterator[str]:
     previous = _default
     try:
         yield _set_default(name)

@@ -21,7 +21,7 @@ only difference is that the two backward products are two kernel calls instead o
 ``"cpp"`` (``grad_y`` is transposed twice).
 """
 
-from typing import Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,7 +33,7 @@ __all__ = ["ch_l3_compiled", "sparse_linear_forward", "sparse_linear_grad_values
 
 # ---------------------------------------------------------------------------- forward
 @torch.library.custom_op("brainsparse::sparse_linear_forward", mutates_args=())
-def sparse_linear_forward(x: Tensor, values: Tensor, bias: Optional[Tensor], crow: Tensor, cols: Tensor,
+def sparse_linear_forward(x: Tensor, values: Tensor, bias: Tensor | None, crow: Tensor, cols: Tensor,
                           rows: Tensor, t_perm: Tensor, t_rows: Tensor, ccol: Tensor,
                           backend: str) -> tuple[Tensor, Tensor]:
     """``(y, saved)`` of the sparse linear layer (see the module docstring)."""
@@ -44,13 +44,14 @@ def sparse_linear_forward(x: Tensor, values: Tensor, bias: Optional[Tensor], cro
 
 
 @sparse_linear_forward.register_fake
-def _(x, values, bias, crow, cols, rows, t_perm, t_rows, ccol, backend):
+def _fake_forward(x: Tensor, values: Tensor, bias: Tensor | None, crow: Tensor, cols: Tensor, rows: Tensor,
+                  t_perm: Tensor, t_rows: Tensor, ccol: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     n, in_f, out_f = x.shape[0], x.shape[1], crow.shape[0] - 1
     saved = x.new_empty((in_f, n)) if backend == "cpp" else x.new_empty((0,))
     return x.new_empty((n, out_f)), saved
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     x, values, bias, crow, cols, rows, t_perm, t_rows, ccol, backend = inputs
     saved = output[1] if backend == "cpp" else x
     ctx.mark_non_differentiable(output[1])
@@ -59,7 +60,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_y: Tensor, _grad_saved: Optional[Tensor]):
+def _backward(ctx: Any, grad_y: Tensor, _grad_saved: Tensor | None) -> tuple[Tensor | None, ...]:
     saved, values, crow, cols, rows, t_perm, t_rows, ccol = ctx.saved_tensors
     need_x, need_v, need_b = ctx.needs_input_grad[:3]
     gx = gv = gb = None
@@ -84,7 +85,8 @@ def sparse_linear_grad_x(grad_y: Tensor, values: Tensor, crow: Tensor, cols: Ten
 
 
 @sparse_linear_grad_x.register_fake
-def _(grad_y, values, crow, cols, rows, t_perm, t_rows, ccol, backend):
+def _fake_grad_x(grad_y: Tensor, values: Tensor, crow: Tensor, cols: Tensor, rows: Tensor, t_perm: Tensor,
+                 t_rows: Tensor, ccol: Tensor, backend: str) -> Tensor:
     return grad_y.new_empty((grad_y.shape[0], ccol.shape[0] - 1))
 
 
@@ -98,7 +100,8 @@ def sparse_linear_grad_values(grad_y: Tensor, saved: Tensor, crow: Tensor, cols:
 
 
 @sparse_linear_grad_values.register_fake
-def _(grad_y, saved, crow, cols, rows, with_bias, backend):
+def _fake_grad_values(grad_y: Tensor, saved: Tensor, crow: Tensor, cols: Tensor, rows: Tensor, with_bias: bool,
+                      backend: str) -> tuple[Tensor, Tensor]:
     gb = grad_y.new_empty((grad_y.shape[1],)) if with_bias else grad_y.new_empty((0,))
     return grad_y.new_empty((cols.shape[0],)), gb
 
@@ -115,5 +118,5 @@ def ch_l3_compiled(mask: Tensor, variant: str, matrix: bool) -> Tensor:
 
 
 @ch_l3_compiled.register_fake
-def _(mask, variant, matrix):
+def _fake_ch_l3(mask: Tensor, variant: str, matrix: bool) -> Tensor:
     return mask.new_empty(mask.shape, dtype=torch.float32)

@@ -19,7 +19,7 @@ def as_mask(mask) -> Tensor:
     if not isinstance(mask, Tensor):
         try:
             mask = torch.as_tensor(mask)
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever fails to convert is not a mask
             raise BrainsparseError(
                 f"mask must be a 2-D bool tensor of shape (out, in); got {type(mask).__name__}"
             ) from None

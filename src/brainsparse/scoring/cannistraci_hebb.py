@@ -55,9 +55,9 @@ __all__ = [
     "ch_l3",
     "ch_l3_exact",
     "ch_l3_matrix",
-    "l3_path_count",
-    "ch_l3_reference",
     "ch_l3_node_reference",
+    "ch_l3_reference",
+    "l3_path_count",
 ]
 
 #: Default cap on the index entries materialised per chunk of seed rows (see ch_l3_exact).
