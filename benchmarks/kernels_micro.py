@@ -26,14 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from brainsparse.kernels import (
-    LinkStructure,
-    SparseLinear,
-    backend,
-    set_backend,
-    sparse_linear,
-    use_backend,
-)
+from brainsparse.kernels import LinkStructure, SparseLinear, available, sparse_linear
 
 Step = Callable[[], None]
 
@@ -43,25 +36,22 @@ def _clock(kind: str) -> Callable[[], float]:
 
 
 def _timings(fns: dict[str, Step], rounds: int, inner: int, clock: str = "wall") -> dict[str, tuple[float, float]]:
-    """(median, min) time per call in ms over ``rounds``. A name that is a backend runs under it.
+    """(median, min) time per call in ms over ``rounds``.
 
     ``clock="cpu"`` counts process CPU time instead of wall time: on a machine shared with other
     jobs and with one thread, it leaves out the time this process was not scheduled.
     """
     now = _clock(clock)
-    for name, f in fns.items():  # warm-up
-        with use_backend(name if name in ("torch", "cpp") else "auto"):
-            for _ in range(3):
-                f()
+    for f in fns.values():  # warm-up
+        for _ in range(3):
+            f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, f in fns.items():
-            set_backend(name if name in ("torch", "cpp") else "auto")
             t = now()
             for _ in range(inner):
                 f()
             times[name].append((now() - t) / inner)
-    set_backend("auto")
     return {k: (statistics.median(v) * 1e3, min(v) * 1e3) for k, v in times.items()}
 
 
@@ -93,9 +83,12 @@ def _layer_steps(out_f: int, in_f: int, density: float, batch: int, methods: lis
         gy.sum(0)
         del y
 
-    def sparse_step() -> None:  # runs under the backend named like the method (see _median_ms)
-        x.grad = v.grad = b.grad = None
-        sparse_linear(x, v, s, b).backward(gy)
+    def sparse_step(backend: str) -> Step:  # sparse_linear on the backend named like the method
+        def step() -> None:
+            x.grad = v.grad = b.grad = None
+            sparse_linear(x, v, s, b, backend=backend).backward(gy)
+
+        return step
 
     out: dict[str, Step] = {}
     for name in methods:
@@ -104,15 +97,14 @@ def _layer_steps(out_f: int, in_f: int, density: float, batch: int, methods: lis
         elif name == "gather":
             out[name] = gather
         else:
-            out[name] = sparse_step
+            out[name] = sparse_step(name)
     return out
 
 
 def available_methods() -> list[str]:
     methods = ["dense", "torch", "gather"]
-    with use_backend("auto"):
-        if backend() == "cpp":
-            methods.append("cpp")
+    if available():
+        methods.append("cpp")
     return methods
 
 
@@ -192,14 +184,19 @@ def mlp_step(args: argparse.Namespace) -> None:
             for lin, mf in zip(dense_layers[:-1], mask_f):
                 lin.weight.mul_(mf)
 
-    def sparse_step() -> None:
-        sparse_opt.zero_grad()
-        loss_fn(sparse_model(x), y).backward()
-        sparse_opt.step()
+    def sparse_step(backend: str) -> Step:  # the sparse layers on this backend
+        def step() -> None:
+            for layer in sparse_layers:
+                layer.backend = backend
+            sparse_opt.zero_grad()
+            loss_fn(sparse_model(x), y).backward()
+            sparse_opt.step()
 
-    fns = {"dense": dense_step, "torch": sparse_step}
+        return step
+
+    fns = {"dense": dense_step, "torch": sparse_step("torch")}
     if "cpp" in available_methods():
-        fns["cpp"] = sparse_step
+        fns["cpp"] = sparse_step("cpp")
     ms = _median_ms(fns, args.rounds, args.inner, args.clock)
     print(f"MLP {'-'.join(map(str, sizes))} density {density:.1%} batch {batch}, SGD momentum, "
           f"threads={torch.get_num_threads()}: ms per training step ({args.clock} clock, median of {args.rounds} rounds)")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brainsparse.errors import BrainsparseError
-from brainsparse.kernels import _cpu_ext, backend, use_backend
+from brainsparse.kernels import _cpu_ext, available
 from brainsparse.scoring.cannistraci_hebb import (
     VARIANTS,
     ch_l3,
@@ -208,8 +208,7 @@ def test_matrix_matches_node_reference(mask: torch.Tensor, variant: str) -> None
     ref = ch_l3_node_reference(mask, variant)
     # dense matmuls, the sparse route (compiled when available), sparse CSR × dense (torch)
     for use_sparse, impl in ((False, "auto"), (True, "auto"), (True, "torch")):
-        with use_backend(impl):
-            got = ch_l3_matrix(mask, variant, use_sparse=use_sparse)
+        got = ch_l3_matrix(mask, variant, use_sparse=use_sparse, backend=impl)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(ch_l3(mask, variant, exact=False), ch_l3_matrix(mask, variant))
 
@@ -377,8 +376,7 @@ def test_one_row_per_chunk_many_chunks_match_reference() -> None:
 # 6. compiled (C++) scorers == PyTorch forms; both backends
 # --------------------------------------------------------------------------------------------
 def _cpp_available() -> bool:
-    with use_backend("auto"):
-        return backend() == "cpp"
+    return available()
 
 
 needs_cpp = pytest.mark.skipif(not _cpp_available(), reason="C++ kernels unavailable here")
@@ -402,8 +400,7 @@ def holey_masks(draw, max_side: int = 16) -> torch.Tensor:
 @given(mask=holey_masks(), variant=st.sampled_from(VARIANTS))
 def test_compiled_matrix_equals_dense_matrix_form(mask: torch.Tensor, variant: str) -> None:
     dense = ch_l3_matrix(mask, variant, use_sparse=False)
-    with use_backend("cpp"):
-        fused = ch_l3_matrix(mask, variant, use_sparse=True)
+    fused = ch_l3_matrix(mask, variant, use_sparse=True, backend="cpp")
     torch.testing.assert_close(fused, dense, rtol=1e-5, atol=1e-5)
     assert torch.equal(fused != 0, dense != 0)
 
@@ -412,9 +409,8 @@ def test_compiled_matrix_equals_dense_matrix_form(mask: torch.Tensor, variant: s
 @settings(max_examples=60, deadline=None)
 @given(mask=holey_masks(max_side=12), variant=st.sampled_from(VARIANTS))
 def test_compiled_exact_equals_reference(mask: torch.Tensor, variant: str) -> None:
-    with use_backend("cpp"):
-        got = ch_l3_exact(mask, variant, method="compiled")
-        assert torch.equal(ch_l3_exact(mask, variant), got)  # "auto" picks it
+    got = ch_l3_exact(mask, variant, method="compiled", backend="cpp")
+    assert torch.equal(ch_l3_exact(mask, variant), got)  # "auto" picks it
     torch.testing.assert_close(got, ch_l3_reference(mask, variant), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, ch_l3_exact(mask, variant, method="sparse"), rtol=1e-6, atol=1e-7)
 
@@ -427,20 +423,22 @@ def test_backends_agree_on_larger_layer(impl: str, variant: str) -> None:
     mask[:, 5] = False
     exact = ch_l3_exact(mask, variant, method="sparse")
     dense = ch_l3_matrix(mask, variant, use_sparse=False)
-    with use_backend(impl) as active:
-        assert active == impl
-        torch.testing.assert_close(ch_l3_exact(mask, variant), exact, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(ch_l3_matrix(mask, variant, use_sparse=True), dense, rtol=1e-5, atol=1e-5)
-        assert torch.equal(ch_l3(mask, variant), ch_l3_exact(mask, variant))
+    torch.testing.assert_close(ch_l3_exact(mask, variant, backend=impl), exact, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ch_l3_matrix(mask, variant, use_sparse=True, backend=impl), dense, rtol=1e-5,
+                               atol=1e-5)
+    assert torch.equal(ch_l3(mask, variant, backend=impl), ch_l3_exact(mask, variant, backend=impl))
+    if impl == "torch":
+        assert torch.equal(ch_l3_exact(mask, variant, backend=impl), exact)
     assert (exact > 0).sum() > 1000
 
 
 def test_compiled_method_unavailable_on_torch_backend() -> None:
-    with use_backend("torch"):
-        with pytest.raises(BrainsparseError, match="compiled"):
-            ch_l3_exact(G43, method="compiled")
-        # "auto" falls back to the PyTorch sparse form
-        assert torch.equal(ch_l3_exact(G43, "CH2"), ch_l3_exact(G43, "CH2", method="sparse"))
+    with pytest.raises(BrainsparseError, match="compiled"):
+        ch_l3_exact(G43, method="compiled", backend="torch")
+    # "auto" falls back to the PyTorch sparse form
+    assert torch.equal(ch_l3_exact(G43, "CH2", backend="torch"), ch_l3_exact(G43, "CH2", method="sparse"))
+    with pytest.raises(BrainsparseError, match="allowed"):
+        ch_l3_exact(G43, backend="gpu")
 
 
 @needs_cpp
@@ -453,8 +451,8 @@ def test_compiled_scores_independent_of_thread_count() -> None:
         kernels.set_parallel_min(0)  # the parallel code path even for this small layer
         for n in (1, 2):
             torch.set_num_threads(n)
-            with use_backend("cpp"):
-                results.append((ch_l3_exact(mask, "CH3"), ch_l3_matrix(mask, "CH2", use_sparse=True)))
+            results.append((ch_l3_exact(mask, "CH3", backend="cpp"),
+                            ch_l3_matrix(mask, "CH2", use_sparse=True, backend="cpp")))
     finally:
         kernels.set_parallel_min(_cpu_ext.PARALLEL_MIN)
         torch.set_num_threads(threads)
@@ -465,8 +463,8 @@ def test_compiled_scores_independent_of_thread_count() -> None:
 @pytest.mark.parametrize("impl", SCORER_BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 0), (0, 5), (4, 0), (1, 1), (1, 7), (7, 1)])
 def test_backends_on_empty_and_thin_masks(impl: str, shape) -> None:
-    with use_backend(impl):
-        for mask in (torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)):
-            for got in (ch_l3_exact(mask, "CH3"), ch_l3_matrix(mask, "CH3.1", use_sparse=True)):
-                assert got.shape == shape and got.dtype == torch.float32
-                assert not got.any()
+    for mask in (torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)):
+        for got in (ch_l3_exact(mask, "CH3", backend=impl),
+                    ch_l3_matrix(mask, "CH3.1", use_sparse=True, backend=impl)):
+            assert got.shape == shape and got.dtype == torch.float32
+            assert not got.any()

@@ -12,23 +12,25 @@ from hypothesis import strategies as st
 from torch import nn
 
 from brainsparse.errors import BrainsparseError
-from brainsparse.scoring import ch_l3_exact, ch_l3_matrix
 from brainsparse.kernels import (
     LinkStructure,
     SparseLinear,
+    _build,
     _cpu_ext,
+    available,
     backend,
     choose_kernel,
     remap,
+    resolve,
     set_backend,
     sparse_linear,
     use_backend,
 )
+from brainsparse.scoring import ch_l3_exact, ch_l3_matrix
 
 
 def _cpp_available() -> bool:
-    with use_backend("auto"):
-        return backend() == "cpp"
+    return available()
 
 
 BACKENDS = [
@@ -39,9 +41,9 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def impl(request):
-    with use_backend(request.param) as active:
-        assert active == request.param
-        yield active
+    """The backend name, passed explicitly (``backend=impl``) to what runs the kernels."""
+    assert resolve(request.param, "cpu", torch.float32) == request.param
+    return request.param
 
 
 def _random_mask(out_f: int, in_f: int, density: float, seed: int = 0) -> torch.Tensor:
@@ -144,7 +146,7 @@ def test_gradcheck(impl, with_bias):
     inputs = (x, v, b) if with_bias else (x, v)
 
     def fn(*args):
-        return sparse_linear(args[0], args[1], s, args[2] if with_bias else None)
+        return sparse_linear(args[0], args[1], s, args[2] if with_bias else None, backend=impl)
 
     assert torch.autograd.gradcheck(fn, inputs)
 
@@ -156,10 +158,11 @@ def test_gradcheck_wide_batch(impl):
     x = torch.randn(35, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     v = torch.randn(s.nnz, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(9, dtype=torch.float64, generator=gen, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, v, b: sparse_linear(x, v, s, b), (x, v, b), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, v, b: sparse_linear(x, v, s, b, backend=impl), (x, v, b),
+                                    fast_mode=True)
 
 
-def _check_against_dense(mask, batch_shape, dtype, with_bias, seed):
+def _check_against_dense(mask, batch_shape, dtype, with_bias, seed, backend="auto"):
     gen = torch.Generator().manual_seed(seed)
     out_f, in_f = mask.shape
     s = LinkStructure.from_mask(mask)
@@ -167,7 +170,7 @@ def _check_against_dense(mask, batch_shape, dtype, with_bias, seed):
     x = torch.randn(*batch_shape, in_f, dtype=dtype, generator=gen, requires_grad=True)
     b = torch.randn(out_f, dtype=dtype, generator=gen, requires_grad=True) if with_bias else None
     v = s.gather(w).requires_grad_()
-    y = sparse_linear(x, v, s, b)
+    y = sparse_linear(x, v, s, b, backend=backend)
     gy = torch.randn(y.shape, dtype=dtype, generator=gen)
     y.backward(gy)
     y_ref, gx_ref, gw_ref, gb_ref = _dense_reference(x, w, mask.to(dtype), b, gy)
@@ -209,14 +212,14 @@ def _layers(draw):
 @given(case=_layers(), with_bias=st.booleans())
 def test_matches_dense_masked(impl, dtype, case, with_bias):
     mask, batch, seed = case
-    _check_against_dense(mask, batch, dtype, with_bias, seed)
+    _check_against_dense(mask, batch, dtype, with_bias, seed, impl)
 
 
 @pytest.mark.parametrize("batch", [(32,), (4, 8, 3)])
 def test_larger_layer_matches_dense(impl, batch):
     """A layer of realistic shape (many rows per work item, vector tiles, 3-D input)."""
-    _check_against_dense(_random_mask(70, 90, 0.05, seed=7), batch, torch.float32, True, seed=2)
-    _check_against_dense(_random_mask(70, 90, 0.05, seed=7), batch, torch.float64, True, seed=2)
+    _check_against_dense(_random_mask(70, 90, 0.05, seed=7), batch, torch.float32, True, 2, impl)
+    _check_against_dense(_random_mask(70, 90, 0.05, seed=7), batch, torch.float64, True, 2, impl)
 
 
 def test_half_precision_matches_float64_reference(impl):
@@ -226,7 +229,7 @@ def test_half_precision_matches_float64_reference(impl):
     v64 = torch.randn(s.nnz, dtype=torch.float64, generator=gen)
     x = x64.bfloat16().requires_grad_()
     v = v64.bfloat16().requires_grad_()
-    y = sparse_linear(x, v, s)
+    y = sparse_linear(x, v, s, backend=impl)
     y.backward(torch.ones_like(y))
     w = s.to_dense(v.detach().double())
     torch.testing.assert_close(y.double(), x.detach().double() @ w.T, rtol=0.05, atol=0.1)
@@ -239,12 +242,12 @@ def test_gradient_only_where_needed(impl):
     s = LinkStructure.from_mask(_random_mask(8, 5, 0.5))
     x = torch.randn(4, 5)
     v = torch.randn(s.nnz, requires_grad=True)
-    sparse_linear(x, v, s).sum().backward()
+    sparse_linear(x, v, s, backend=impl).sum().backward()
     assert x.grad is None and v.grad.shape == (s.nnz,)
     x.requires_grad_()
     v2 = v.detach()
     b = torch.zeros(8, requires_grad=True)
-    sparse_linear(x, v2, s, b).sum().backward()
+    sparse_linear(x, v2, s, b, backend=impl).sum().backward()
     assert x.grad.shape == (4, 5) and torch.equal(b.grad, torch.full((8,), 4.0))
 
 
@@ -273,9 +276,8 @@ def test_cpp_result_independent_of_thread_count():
         for n in (1, 2):
             torch.set_num_threads(n)
             x.grad = v.grad = None
-            with use_backend("cpp"):
-                y = sparse_linear(x, v, s)
-                y.backward(torch.ones_like(y))
+            y = sparse_linear(x, v, s, backend="cpp")
+            y.backward(torch.ones_like(y))
             results.append((y.detach(), x.grad.clone(), v.grad.clone()))
     finally:
         kernels.set_parallel_min(_cpu_ext.PARALLEL_MIN)
@@ -285,16 +287,39 @@ def test_cpp_result_independent_of_thread_count():
 
 
 # ---------------------------------------------------------------------------- backends
-def test_env_var_forces_torch_backend(monkeypatch):
+def test_backend_argument_and_resolution():
+    assert resolve("torch") == "torch" and resolve("TORCH", "cpu") == "torch"
+    assert resolve("cpp", "cuda") == "torch"  # GPU tensors always take the PyTorch path
+    assert resolve("cpp", "cpu", torch.bfloat16) == "torch"  # the kernel has float32/float64 only
+    assert resolve("auto") == ("cpp" if available() else "torch") == backend()
+    with pytest.raises(BrainsparseError, match="allowed"):
+        resolve("cuda-magic")
+    with pytest.raises(BrainsparseError, match="allowed"):
+        SparseLinear.from_linear(nn.Linear(3, 2), torch.ones(2, 3, dtype=torch.bool), backend="fast")
+    layer = SparseLinear.from_linear(nn.Linear(3, 2), torch.ones(2, 3, dtype=torch.bool), backend="torch")
+    assert layer.backend == "torch" and "backend='torch'" in repr(layer)
+
+
+def test_deprecated_process_switches_still_work(monkeypatch):
+    """set_backend / use_backend: deprecated, they change what "auto" means."""
+    with pytest.warns(DeprecationWarning, match="backend="):
+        switch = use_backend("torch")
+    with switch as active:
+        assert active == "torch" and backend() == "torch" and resolve("auto") == "torch"
+        assert resolve("cpp") == ("cpp" if available() else "torch")  # explicit wins
+    assert backend() == ("cpp" if available() else "torch")
     monkeypatch.setenv("BRAINSPARSE_KERNEL_BACKEND", "torch")
     try:
-        assert set_backend(None) == "torch" and backend() == "torch"
+        with pytest.warns(DeprecationWarning):
+            assert set_backend(None) == "torch" and backend() == "torch"
         _check_against_dense(_random_mask(10, 12, 0.3), (32,), torch.float64, True, seed=5)
     finally:
         monkeypatch.delenv("BRAINSPARSE_KERNEL_BACKEND")
-        set_backend(None)
-    with pytest.raises(BrainsparseError, match="allowed"):
+        with pytest.warns(DeprecationWarning):
+            set_backend(None)
+    with pytest.raises(BrainsparseError, match="allowed"), pytest.warns(DeprecationWarning):
         set_backend("cuda-magic")
+    assert backend() == ("cpp" if available() else "torch")
 
 
 def test_failed_build_falls_back_silently(monkeypatch, tmp_path):
@@ -302,25 +327,30 @@ def test_failed_build_falls_back_silently(monkeypatch, tmp_path):
     monkeypatch.setenv("BRAINSPARSE_KERNEL_CACHE", str(tmp_path))
     try:
         _cpu_ext._state.clear()
-        monkeypatch.setattr(_cpu_ext, "_compiler", lambda: None)
-        with use_backend("auto"):
-            assert backend() == "torch"
-            assert "compiler" in _cpu_ext.error()
-            _check_against_dense(_random_mask(6, 5, 0.5), (3,), torch.float64, True, seed=1)
-            # the Cannistraci–Hebb scorers fall back to their PyTorch forms
-            mask = _random_mask(9, 7, 0.3)
-            torch.testing.assert_close(ch_l3_matrix(mask, use_sparse=True), ch_l3_matrix(mask, use_sparse=False))
-            assert torch.equal(ch_l3_exact(mask), ch_l3_exact(mask, method="sparse"))
+        monkeypatch.setattr(_build, "compiler", lambda: None)
+        assert resolve("auto") == "torch" and resolve("cpp") == "torch"
+        assert "compiler" in _cpu_ext.error()
+        _check_against_dense(_random_mask(6, 5, 0.5), (3,), torch.float64, True, seed=1, backend="cpp")
+        # the Cannistraci–Hebb scorers fall back to their PyTorch forms
+        mask = _random_mask(9, 7, 0.3)
+        torch.testing.assert_close(ch_l3_matrix(mask, use_sparse=True), ch_l3_matrix(mask, use_sparse=False))
+        assert torch.equal(ch_l3_exact(mask), ch_l3_exact(mask, method="sparse"))
         monkeypatch.undo()
         monkeypatch.setenv("BRAINSPARSE_KERNEL_CACHE", str(tmp_path))
         _cpu_ext._state.clear()
-        monkeypatch.setattr(_cpu_ext, "SOURCE", "this is not C++ {")
-        with use_backend("cpp"):
-            assert backend() == "torch"
+        monkeypatch.setattr(_build, "source", lambda: "this is not C++ {")
+        assert resolve("cpp") == "torch"
+        assert "failed" in _cpu_ext.error()
     finally:
         _cpu_ext._state.clear()
         _cpu_ext._state.update(saved)
-        set_backend(None)
+
+
+def test_kernel_source_ships_as_a_file():
+    text = _build.SOURCE_PATH.read_text(encoding="utf-8")
+    assert _build.SOURCE_PATH.suffix == ".cpp" and "bs_forward_f32" in text and "bs_ch_l3" in text
+    # the cache key follows the source text (checkouts with other sources never share a build)
+    assert _build.key(text, "c++", []) != _build.key(text + "\n", "c++", [])
 
 
 @pytest.mark.skipif(not _cpp_available(), reason="C++ kernel unavailable here")
@@ -328,12 +358,11 @@ def test_first_use_under_autocast_still_loads_the_kernel():
     saved = dict(_cpu_ext._state)
     try:
         _cpu_ext._state.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16), use_backend("auto"):
-            assert backend() == "cpp", _cpu_ext.error()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert resolve("auto") == "cpp", _cpu_ext.error()
     finally:
         _cpu_ext._state.clear()
         _cpu_ext._state.update(saved)
-        set_backend(None)
 
 
 def test_autocast_computes_in_the_autocast_dtype(impl):
@@ -343,7 +372,7 @@ def test_autocast_computes_in_the_autocast_dtype(impl):
     v = torch.randn(s.nnz, generator=gen, requires_grad=True)
     b = torch.randn(12, generator=gen, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = sparse_linear(x, v, s, b)
+        y = sparse_linear(x, v, s, b, backend=impl)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert v.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
@@ -367,7 +396,7 @@ def _linear_and_mask(out_f=9, in_f=7, density=0.4, seed=0, dtype=torch.float64):
 
 def test_from_linear_shares_bias_and_copies_links(impl):
     linear, mask = _linear_and_mask()
-    layer = SparseLinear.from_linear(linear, mask)
+    layer = SparseLinear.from_linear(linear, mask, backend=impl)
     assert layer.bias is linear.bias
     assert (layer.in_features, layer.out_features) == (7, 9)
     assert torch.equal(layer.mask, mask)
@@ -453,14 +482,14 @@ def test_module_to_dtype_keeps_integer_buffers():
     assert layer(x).dtype == torch.float64
 
 
-def _masked_mlp_pair(sizes, density, seed):
+def _masked_mlp_pair(sizes, density, seed, backend="auto"):
     torch.manual_seed(seed)
     dense = [nn.Linear(a, b).double() for a, b in itertools.pairwise(sizes)]
     masks = [_random_mask(b, a, density, seed + i) for i, (a, b) in enumerate(itertools.pairwise(sizes))]
     with torch.no_grad():
         for lin, m in zip(dense, masks):
             lin.weight.mul_(m)
-    sparse = [SparseLinear.from_linear(copy.deepcopy(lin), m) for lin, m in zip(dense, masks)]
+    sparse = [SparseLinear.from_linear(copy.deepcopy(lin), m, backend=backend) for lin, m in zip(dense, masks)]
     for lin, m in zip(dense, masks):  # the engine's gradient masking
         lin.weight.register_hook(lambda g, m=m: g * m)
 
@@ -478,7 +507,7 @@ def _masked_mlp_pair(sizes, density, seed):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_training_matches_dense_masked(impl, optimizer):
     sizes = [10, 16, 16, 4]
-    dense, sparse, masks = _masked_mlp_pair(sizes, 0.3, seed=0)
+    dense, sparse, masks = _masked_mlp_pair(sizes, 0.3, seed=0, backend=impl)
 
     def make(params):
         if optimizer == "sgd":

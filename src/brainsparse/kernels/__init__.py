@@ -3,38 +3,50 @@
 * :class:`LinkStructure` — the CSR + CSC index of a layer's links, built from a bool mask;
   :func:`remap` carries per-link values (weights, optimizer state) to a new structure.
 * :func:`sparse_linear` — ``y = x Wᵀ + b`` with gradients for the input, the links and the
-  bias; never forms a dense weight or weight gradient.
+  bias; never forms a dense weight or weight gradient (:func:`sparse_linear_indices`: the same
+  on the structure's index tensors).
 * :class:`SparseLinear` — the module (``SparseLinear.from_linear(linear, mask)``).
-* :func:`backend` — the active CPU implementation, ``"cpp"`` (a small C++ kernel compiled on
-  first use and cached) or ``"torch"`` (PyTorch sparse CSR; also the GPU path);
-  :func:`cpu_kernels` — the compiled kernels themselves (they also hold the C++
-  Cannistraci–Hebb scorers used by :mod:`brainsparse.scoring`), ``None`` on the torch backend.
+* ``backend=`` on all of them (and on the CH scorers of :mod:`brainsparse.scoring`):
+  ``"auto"`` (default), ``"cpp"`` (a small C++ kernel, ``csrc/sparse_kernels.cpp``, compiled
+  on first use and cached) or ``"torch"`` (PyTorch sparse CSR; also the GPU path); see
+  :mod:`.backend`. :func:`backend` reports what ``"auto"`` runs on; :func:`set_backend` and
+  :func:`use_backend` are deprecated process-wide switches.
+* :mod:`.ops` — the kernels as registered operators ``torch.ops.brainsparse.*`` (fake kernels,
+  registered autograd), used under ``torch.compile``.
 * :func:`choose_kernel` — sparse or dense for a layer size, density and batch size.
+
+The kernels import nothing from :mod:`brainsparse.scoring` (scoring depends on kernels).
 """
 
-from .sparse_linear import (
+from . import ops
+from .backend import (
     BACKENDS,
-    SparseLinear,
+    available,
     backend,
-    choose_kernel,
     cpu_kernels,
-    crossover_density,
+    resolve,
     set_backend,
-    sparse_linear,
     use_backend,
 )
+from .crossover import choose_kernel, crossover_density
+from .layer import SparseLinear
+from .sparse_linear import sparse_linear, sparse_linear_indices
 from .structure import LinkStructure, remap
 
 __all__ = [
     "BACKENDS",
     "LinkStructure",
     "SparseLinear",
+    "available",
     "backend",
     "choose_kernel",
     "cpu_kernels",
     "crossover_density",
+    "ops",
     "remap",
+    "resolve",
     "set_backend",
     "sparse_linear",
+    "sparse_linear_indices",
     "use_backend",
 ]

@@ -1,0 +1,571 @@
+// brainsparse CPU kernels: the sparse linear layer (forward; backward = input gradient + link
+// gradients + bias gradient) and the Cannistraci–Hebb L3 scorers. Plain C++14 with GCC/Clang
+// vector extensions, AVX intrinsics when the compiler targets AVX, OpenMP optional; no PyTorch or
+// Python headers. Built and loaded (ctypes) by brainsparse/kernels/_build.py and _cpu_ext.py.
+//
+// Data layout: activations arrive row-major (N, in). The forward pass transposes x to xT (in, N)
+// (saved for the backward pass), so every link multiplies a contiguous run of the batch (SIMD over
+// samples): y[:, r] = sum_{k in row r} v[k] * xT[cols[k], :]. The backward pass transposes grad_y
+// likewise, then computes grad_v[k] = <gyT[rows[k]], xT[cols[k]]> row by row and
+// grad_x[:, c] = sum_{k in column c} v[k] * gyT[rows[k], :] column by column (CSC). Every output
+// element is summed by one thread in a fixed order: results do not depend on the thread count.
+//
+// BS_SOURCE_VERSION and BS_PARALLEL_MIN are passed with -D by the builder (defaults below).
+#ifndef BS_SOURCE_VERSION
+#define BS_SOURCE_VERSION 4
+#endif
+#ifndef BS_PARALLEL_MIN
+#define BS_PARALLEL_MIN 2097152
+#endif
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+typedef int64_t i64;
+
+namespace {
+
+constexpr i64 RB = 16;  // outputs per work item: 16 floats = one 64-byte line of the row-major output
+constexpr i64 TB = 32;  // transpose tile
+
+// 32-byte vectors (one AVX register; two SSE/NEON registers elsewhere), unaligned access allowed
+template <typename T> struct Vec;
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(32), aligned(4))); };
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(32), aligned(8))); };
+
+template <typename T> inline typename Vec<T>::type splat(T x) {
+  typename Vec<T>::type r = {};
+  return r + x;
+}
+template <typename T> inline typename Vec<T>::type load(const T* p) {
+  return *reinterpret_cast<const typename Vec<T>::type*>(p);
+}
+template <typename T> inline void store(T* p, typename Vec<T>::type v) {
+  *reinterpret_cast<typename Vec<T>::type*>(p) = v;
+}
+#if defined(__AVX__)
+inline __m256 as_native(Vec<float>::type v) { __m256 r; std::memcpy(&r, &v, 32); return r; }
+inline __m256d as_native(Vec<double>::type v) { __m256d r; std::memcpy(&r, &v, 32); return r; }
+inline float hsum(Vec<float>::type v) {
+  const __m256 x = as_native(v);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline double hsum(Vec<double>::type v) {
+  const __m256d x = as_native(v);
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+  s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+  return _mm_cvtsd_f64(s);
+}
+
+// dst[j * ldd + i] = src[i * lds + j] (+ add[i]) for one L x L block, in registers
+inline void block_t(const float* src, i64 lds, float* dst, i64 ldd, const float* add) {
+  const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
+               r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds),
+               r5 = _mm256_loadu_ps(src + 5 * lds), r6 = _mm256_loadu_ps(src + 6 * lds),
+               r7 = _mm256_loadu_ps(src + 7 * lds);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+               t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+               t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+               u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+               u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+               u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  __m256 o[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                 _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                 _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                 _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  if (add) {
+    const __m256 b = _mm256_loadu_ps(add);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + j * ldd, _mm256_add_ps(o[j], b));
+  } else {
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + j * ldd, o[j]);
+  }
+}
+inline void block_t(const double* src, i64 lds, double* dst, i64 ldd, const double* add) {
+  const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + lds),
+                r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1),
+                t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  __m256d o[4] = {_mm256_permute2f128_pd(t0, t2, 0x20), _mm256_permute2f128_pd(t1, t3, 0x20),
+                  _mm256_permute2f128_pd(t0, t2, 0x31), _mm256_permute2f128_pd(t1, t3, 0x31)};
+  if (add) {
+    const __m256d b = _mm256_loadu_pd(add);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_pd(dst + j * ldd, _mm256_add_pd(o[j], b));
+  } else {
+    for (int j = 0; j < 4; ++j) _mm256_storeu_pd(dst + j * ldd, o[j]);
+  }
+}
+#else
+template <typename T> inline T hsum_any(typename Vec<T>::type v) {
+  constexpr int L = 32 / sizeof(T);
+  T h[L / 2];
+  for (int i = 0; i < L / 2; ++i) h[i] = v[i] + v[i + L / 2];
+  T s = T(0);
+  for (int i = 0; i < L / 2; ++i) s += h[i];
+  return s;
+}
+inline float hsum(Vec<float>::type v) { return hsum_any<float>(v); }
+inline double hsum(Vec<double>::type v) { return hsum_any<double>(v); }
+template <typename T>
+inline void block_t(const T* src, i64 lds, T* dst, i64 ldd, const T* add) {
+  constexpr int L = 32 / sizeof(T);
+  for (int j = 0; j < L; ++j)
+    for (int i = 0; i < L; ++i) dst[j * ldd + i] = src[i * lds + j] + (add ? add[i] : T(0));
+}
+#endif
+
+// dst[j * ldd + i] = src[i * lds + j] (+ add[i]) for i < n, j < m, by L x L register blocks
+template <typename T>
+inline void copy_t(const T* src, i64 lds, T* dst, i64 ldd, i64 n, i64 m, const T* add) {
+  constexpr i64 L = 32 / sizeof(T);
+  const i64 nf = n - n % L, mf = m - m % L;
+  for (i64 i = 0; i < nf; i += L)
+    for (i64 j = 0; j < mf; j += L) block_t(src + i * lds + j, lds, dst + j * ldd + i, ldd, add ? add + i : nullptr);
+  for (i64 j = 0; j < m; ++j) {  // the ragged edges
+    const i64 i0 = j < mf ? nf : 0;
+    for (i64 i = i0; i < n; ++i) dst[j * ldd + i] = src[i * lds + j] + (add ? add[i] : T(0));
+  }
+}
+
+// b (m, n) = a (n, m)^T; orphaned worksharing: parallel when called inside a parallel region
+template <typename T>
+void transpose(const T* __restrict a, T* __restrict b, i64 n, i64 m) {
+  const i64 tn = (n + TB - 1) / TB, tm = (m + TB - 1) / TB;
+#pragma omp for schedule(static)
+  for (i64 t = 0; t < tn * tm; ++t) {
+    const i64 i0 = (t / tm) * TB, j0 = (t % tm) * TB;
+    copy_t<T>(a + i0 * m + j0, m, b + j0 * n + i0, n, std::min(TB, n - i0), std::min(TB, m - j0), nullptr);
+  }
+}
+
+// acc[0:4L] = sum_{j in [j0, j1)} vals[PERM ? perm[j] : j] * src[idx[j] * N + n0 + (0:4L)]
+// Two sets of four vector accumulators (links alternate) hide the FMA latency.
+template <typename T, bool PERM>
+inline void tile_full(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
+                      i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, T* __restrict acc) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = 32 / sizeof(T);
+  V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  i64 j = j0;
+  for (; j + 1 < j1; j += 2) {
+    const V u = splat<T>(vals[PERM ? perm[j] : j]);
+    const V w = splat<T>(vals[PERM ? perm[j + 1] : j + 1]);
+    const T* s = src + idx[j] * N + n0;
+    const T* t = src + idx[j + 1] * N + n0;
+    a0 += u * load<T>(s);         b0 += w * load<T>(t);
+    a1 += u * load<T>(s + L);     b1 += w * load<T>(t + L);
+    a2 += u * load<T>(s + 2 * L); b2 += w * load<T>(t + 2 * L);
+    a3 += u * load<T>(s + 3 * L); b3 += w * load<T>(t + 3 * L);
+  }
+  if (j < j1) {
+    const V u = splat<T>(vals[PERM ? perm[j] : j]);
+    const T* s = src + idx[j] * N + n0;
+    a0 += u * load<T>(s);
+    a1 += u * load<T>(s + L);
+    a2 += u * load<T>(s + 2 * L);
+    a3 += u * load<T>(s + 3 * L);
+  }
+  store<T>(acc, a0 + b0);
+  store<T>(acc + L, a1 + b1);
+  store<T>(acc + 2 * L, a2 + b2);
+  store<T>(acc + 3 * L, a3 + b3);
+}
+
+template <typename T, bool PERM>
+inline void tile_part(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
+                      i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, i64 nb, T* __restrict acc) {
+  for (i64 i = 0; i < nb; ++i) acc[i] = T(0);
+  for (i64 j = j0; j < j1; ++j) {
+    const T v = vals[PERM ? perm[j] : j];
+    const T* __restrict s = src + idx[j] * N + n0;
+    for (i64 i = 0; i < nb; ++i) acc[i] += v * s[i];
+  }
+}
+
+// out (N, n_out) [+ bias], out[:, r] = sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :]
+// srcT is (n_src, N). A work item is RB consecutive outputs, so writes fill whole cache lines.
+template <typename T, bool PERM>
+void spmm_t(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals,
+            const T* srcT, const T* bias, T* out) {
+  constexpr i64 NB = 4 * (32 / sizeof(T));
+  const i64 blocks = (n_out + RB - 1) / RB;
+#pragma omp for schedule(dynamic, 1)
+  for (i64 b = 0; b < blocks; ++b) {
+    const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
+    alignas(64) T buf[RB][NB];
+    for (i64 n0 = 0; n0 < N; n0 += NB) {
+      const i64 nb = std::min<i64>(NB, N - n0);
+      for (i64 r = r0; r < r1; ++r) {
+        if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf[r - r0]);
+        else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf[r - r0]);
+      }
+      // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
+      copy_t<T>(&buf[0][0], NB, out + n0 * n_out + r0, n_out, r1 - r0, nb, bias ? bias + r0 : nullptr);
+    }
+  }
+}
+
+// gv[k] = <gyT[rows k], xT[cols k]> over the batch (links in CSR order); gb[r] = sum of gyT[r, :]
+template <typename T>
+void sddmm_t(i64 N, i64 n_out, const i64* crow, const i64* cols, const T* gyT, const T* xT, T* gv, T* gb) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T);
+  const i64 nv = N / L;  // whole vectors per row
+  const i64 blocks = (n_out + RB - 1) / RB;
+#pragma omp for schedule(dynamic, 1)
+  for (i64 b = 0; b < blocks; ++b) {
+    const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
+    for (i64 r = r0; r < r1; ++r) {
+      const T* __restrict g = gyT + r * N;
+      if (gb) {
+        T acc = T(0);
+        for (i64 i = 0; i < N; ++i) acc += g[i];
+        gb[r] = acc;
+      }
+      if (!gv) continue;
+      i64 k = crow[r];
+      const i64 k1 = crow[r + 1];
+      if (N == 4 * L) {  // the common case (32 float / 16 double samples): the row stays in registers
+        const V g0 = load<T>(g), g1 = load<T>(g + L), g2 = load<T>(g + 2 * L), g3 = load<T>(g + 3 * L);
+        for (; k < k1; ++k) {
+          const T* s = xT + cols[k] * N;
+          const V p = (g0 * load<T>(s) + g1 * load<T>(s + L)) + (g2 * load<T>(s + 2 * L) + g3 * load<T>(s + 3 * L));
+          gv[k] = hsum(p);
+        }
+        continue;
+      }
+      for (; k < k1; ++k) {
+        const T* s = xT + cols[k] * N;
+        V p0 = {}, p1 = {};
+        i64 q = 0;
+        for (; q + 1 < nv; q += 2) {
+          p0 += load<T>(g + q * L) * load<T>(s + q * L);
+          p1 += load<T>(g + (q + 1) * L) * load<T>(s + (q + 1) * L);
+        }
+        if (q < nv) p0 += load<T>(g + q * L) * load<T>(s + q * L);
+        T acc = hsum(p0 + p1);
+        for (i64 i = nv * L; i < N; ++i) acc += g[i] * s[i];
+        gv[k] = acc;
+      }
+    }
+  }
+}
+
+// Below this much work a pass runs on one thread (see PARALLEL_MIN in _build.py).
+i64 parallel_min = BS_PARALLEL_MIN;
+
+inline bool go_parallel(i64 work) { return work >= parallel_min; }
+
+template <typename T>
+void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64* cols, const T* vals,
+             const T* bias, T* xT, T* y) {
+  const i64 K = crow[n_out];
+#pragma omp parallel if (go_parallel(K * N + N * (n_in + n_out)))
+  {
+    transpose<T>(x, xT, N, n_in);  // implicit barrier
+    spmm_t<T, false>(N, n_out, crow, cols, nullptr, vals, xT, bias, y);
+  }
+}
+
+template <typename T>
+void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xT, const i64* crow, const i64* cols,
+              const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
+  const i64 K = crow[n_out];
+  // scratch for gyT: kept per thread between calls (no page faults), up to 16 MiB
+  static thread_local std::vector<T> keep;
+  std::vector<T> once;
+  const size_t need = size_t(std::max<i64>(N * n_out, 1));
+  std::vector<T>& scratch = need * sizeof(T) <= (size_t(16) << 20) ? keep : once;
+  if (scratch.size() < need) scratch.resize(need);
+  T* gyT = scratch.data();
+#pragma omp parallel if (go_parallel(2 * K * N + N * (n_in + n_out)))
+  {
+    transpose<T>(gy, gyT, N, n_out);  // implicit barrier
+    if (gv || gb) sddmm_t<T>(N, n_out, crow, cols, gyT, xT, gv, gb);
+    if (gx) spmm_t<T, true>(N, n_in, ccol, t_rows, t_perm, vals, gyT, nullptr, gx);
+  }
+}
+
+
+// ------------------------------------------------ Cannistraci–Hebb L3 link prediction (scoring)
+// A layer's bool mask (out, in) is a bipartite graph: outputs u, z2 are rows, inputs v, z1 are
+// columns. An L3 path of the candidate (u, v) is u – z1 – z2 – v. Both scorers work one output
+// row u at a time (one thread per row, fixed summation order: results do not depend on the
+// thread count) and never form an (out, out) or (in, in) matrix.
+typedef int32_t i32;
+
+struct Graph {  // CSR (crow, cols: columns ascending) and CSC (ccol, rows_t: rows ascending)
+  i64 n_out = 0, n_in = 0;
+  std::vector<i64> crow, ccol;
+  std::vector<i32> cols, rows_t;
+  i64 deg_o(i64 r) const { return crow[r + 1] - crow[r]; }
+  i64 deg_i(i64 c) const { return ccol[c + 1] - ccol[c]; }
+};
+
+// Build the graph from a row-major uint8 mask: one pass for the CSR (skipping all-zero 8-byte
+// words), then the CSC by a counting sort of the links.
+Graph graph_from_mask(const uint8_t* m, i64 n_out, i64 n_in) {
+  Graph g;
+  g.n_out = n_out;
+  g.n_in = n_in;
+  g.crow.assign(size_t(n_out) + 1, 0);
+  g.ccol.assign(size_t(n_in) + 1, 0);
+  g.cols.reserve(size_t(std::max<i64>(16, n_out * n_in / 64)));
+  for (i64 r = 0; r < n_out; ++r) {
+    const uint8_t* row = m + r * n_in;
+    i64 j = 0;
+    for (; j + 8 <= n_in; j += 8) {
+      uint64_t word;
+      std::memcpy(&word, row + j, 8);
+      if (!word) continue;
+      for (i64 t = j; t < j + 8; ++t)
+        if (row[t]) g.cols.push_back(i32(t));
+    }
+    for (; j < n_in; ++j)
+      if (row[j]) g.cols.push_back(i32(j));
+    g.crow[r + 1] = i64(g.cols.size());
+  }
+  const i64 K = g.crow[n_out];
+  for (i64 k = 0; k < K; ++k) ++g.ccol[g.cols[k] + 1];
+  for (i64 j = 0; j < n_in; ++j) g.ccol[j + 1] += g.ccol[j];
+  g.rows_t.resize(size_t(K));
+  std::vector<i64> fill(g.ccol.begin(), g.ccol.end() - 1);
+  for (i64 r = 0; r < n_out; ++r)
+    for (i64 k = g.crow[r]; k < g.crow[r + 1]; ++k) g.rows_t[fill[g.cols[k]]++] = i32(r);
+  return g;
+}
+
+// Two-hop counts from node x: cnt[z] = number of walks x – y – z (y over ptr_a/idx_a, z over
+// ptr_b/idx_b); every z seen for the first time is appended to `touched`.
+inline void count_two_hop(i64 x, const i64* ptr_a, const i32* idx_a, const i64* ptr_b, const i32* idx_b,
+                          i32* cnt, std::vector<i32>& touched) {
+  for (i64 a = ptr_a[x]; a < ptr_a[x + 1]; ++a) {
+    const i32 y = idx_a[a];
+    for (i64 b = ptr_b[y]; b < ptr_b[y + 1]; ++b) {
+      const i32 z = idx_b[b];
+      if (cnt[z]++ == 0) touched.push_back(z);
+    }
+  }
+}
+
+// Output row u: out[u, :] = s (as float), zero at u's existing links; clears s.
+inline void finish_row(const Graph& g, i64 u, double* s, float* out) {
+  float* o = out + u * g.n_in;
+  for (i64 v = 0; v < g.n_in; ++v) {
+    o[v] = float(s[v]);
+    s[v] = 0.0;
+  }
+  for (i64 k = g.crow[u]; k < g.crow[u + 1]; ++k) o[g.cols[k]] = 0.0f;
+}
+
+// Offsets of the per-link last-hop tables: link e = (z2, z1) in CSC order owns deg(z2) slots.
+std::vector<i64> last_hop_offsets(const Graph& g) {
+  const i64 K = g.crow[g.n_out];
+  std::vector<i64> off(K + 1, 0);
+  for (i64 e = 0; e < K; ++e) off[e + 1] = off[e] + g.deg_o(g.rows_t[e]);
+  return off;
+}
+
+// Number of L3 walks u – z1 – z2 – v: sum over links of deg(z1) * deg(z2).
+i64 l3_work(const Graph& g) {
+  i64 w = 0;
+  for (i64 c = 0; c < g.n_in; ++c)
+    for (i64 e = g.ccol[c]; e < g.ccol[c + 1]; ++e) w += g.deg_i(c) * g.deg_o(g.rows_t[e]);
+  return w;
+}
+
+// Path factor of one path node with internal degree di and degree deg, de = deg − di − 1:
+// [CH3-L3] 1/sqrt(1+de); [CH2-L3] sqrt((1+di)/(1+de)); [CH3.1-L3] 1/sqrt(1/(1+di) + de).
+// 0 where di = 0 or de < 0 (only on paths that end at an existing link).
+template <int VAR> inline double path_factor(double di, double deg) {
+  const double de = deg - di - 1.0;
+  if (!(di > 0.0) || de < 0.0) return 0.0;
+  if (VAR == 0) return 1.0 / std::sqrt(1.0 + de);
+  if (VAR == 1) return std::sqrt((1.0 + di) / (1.0 + de));
+  return 1.0 / std::sqrt(1.0 / (1.0 + di) + de);
+}
+
+// Node weight of the matrix form for a pair with c common neighbours (c >= 1) and degree deg:
+// E = max(deg − c − 1, 0); CH3 1/(E+1); CH2 (c+1)/(E+1); CH3.1 (c+1)/(E+1)^(1 + E/(E+1)).
+template <int VAR> inline float node_weight(float c, float deg) {
+  float e = deg - c - 1.0f;
+  e = e > 0.0f ? e : 0.0f;
+  if (VAR == 0) return 1.0f / (e + 1.0f);
+  if (VAR == 1) return (c + 1.0f) / (e + 1.0f);
+  return (c + 1.0f) / std::pow(e + 1.0f, 1.0f + e / (e + 1.0f));
+}
+
+// Exact path form: score(u, v) = sum over paths u – z1 – z2 – v of f(di_z1, deg z1) * f(di_z2, deg z2)
+// with di(z1) = |N(z1) ∩ N(v)| and di(z2) = |N(z2) ∩ N(u)|.
+template <int VAR> void ch_exact(const Graph& g, float* out) {
+  const i64 n_out = g.n_out, n_in = g.n_in;
+  const std::vector<i64> off = last_hop_offsets(g);
+  // q[off[e] + k] = f(di(z1), deg z1) for link e = (z2, z1) and the k-th input v of z2
+  std::vector<double> q(size_t(off.back()));
+#pragma omp parallel if (go_parallel(l3_work(g)))
+  {
+    std::vector<i32> cnt(size_t(std::max<i64>(n_out, n_in)), 0), touched;
+    std::vector<double> f(size_t(n_out), 0.0), s(size_t(n_in), 0.0);
+#pragma omp for schedule(dynamic, 16)
+    for (i64 z1 = 0; z1 < n_in; ++z1) {
+      count_two_hop(z1, g.ccol.data(), g.rows_t.data(), g.crow.data(), g.cols.data(), cnt.data(), touched);
+      const double dz1 = double(g.deg_i(z1));
+      for (i64 e = g.ccol[z1]; e < g.ccol[z1 + 1]; ++e) {
+        const i32 z2 = g.rows_t[e];
+        double* qe = q.data() + off[e];
+        for (i64 k = g.crow[z2]; k < g.crow[z2 + 1]; ++k) *qe++ = path_factor<VAR>(cnt[g.cols[k]], dz1);
+      }
+      for (i32 v : touched) cnt[v] = 0;
+      touched.clear();
+    }  // implicit barrier: q is complete
+#pragma omp for schedule(dynamic, 16)
+    for (i64 u = 0; u < n_out; ++u) {
+      count_two_hop(u, g.crow.data(), g.cols.data(), g.ccol.data(), g.rows_t.data(), cnt.data(), touched);
+      for (i32 z2 : touched) f[z2] = path_factor<VAR>(cnt[z2], double(g.deg_o(z2)));
+      for (i64 a = g.crow[u]; a < g.crow[u + 1]; ++a) {
+        const i32 z1 = g.cols[a];
+        for (i64 e = g.ccol[z1]; e < g.ccol[z1 + 1]; ++e) {
+          const i32 z2 = g.rows_t[e];
+          const double w = f[z2];
+          if (w == 0.0) continue;
+          const double* __restrict qe = q.data() + off[e];
+          const i32* __restrict vs = g.cols.data() + g.crow[z2];
+          const i64 n = g.deg_o(z2);
+          for (i64 k = 0; k < n; ++k) s[vs[k]] += w * qe[k];
+        }
+      }
+      finish_row(g, u, s.data(), out);
+      for (i32 z2 : touched) cnt[z2] = 0, f[z2] = 0.0;
+      touched.clear();
+    }
+  }
+}
+
+// Matrix form, fused, one output row u at a time; C = A·Aᵀ and C' = Aᵀ·A are never formed.
+// S_out[u, :] = sum over z2 with C[u, z2] > 0 of Wt[u, z2]·A[z2, :], where C[u, z2] counts the
+// walks u – z1 – z2. Most pairs share one input, so it is split as
+//   sum over z1 in N(u), z2 in N(z1) of h(z2)·A[z2, :]      with h(z2) = Wt at C = 1
+//   + sum over z2 with C[u, z2] >= 2 of (Wt[u, z2] − C[u, z2]·h(z2))·A[z2, :].
+// S_inᵀ[u, v] = sum over z1 in N(u) of Wt'[v, z1]. Both sums over z1 in N(u) use one list per
+// input z1, built once: entries (v, Wt'[v, z1] + sum over z2 in N(z1) ∩ N(v) of h(z2)).
+template <int VAR> void ch_matrix(const Graph& g, float* out) {
+  const i64 n_out = g.n_out, n_in = g.n_in;
+  const std::vector<i64> off = last_hop_offsets(g);
+  // the list of z1 has at most min(walks z1 – z2 – v, in) entries
+  std::vector<i64> base(size_t(n_in) + 1, 0), len(size_t(n_in), 0);
+  for (i64 c = 0; c < n_in; ++c) base[c + 1] = base[c] + std::min(off[g.ccol[c + 1]] - off[g.ccol[c]], n_in);
+  std::unique_ptr<i32[]> lv(new i32[size_t(std::max<i64>(base.back(), 1))]);  // first touched in parallel
+  std::unique_ptr<float[]> lw(new float[size_t(std::max<i64>(base.back(), 1))]);
+  std::vector<float> h(static_cast<size_t>(n_out));
+  for (i64 z2 = 0; z2 < n_out; ++z2) h[z2] = node_weight<VAR>(1.0f, float(g.deg_o(z2)));
+#pragma omp parallel if (go_parallel(2 * l3_work(g)))
+  {
+    std::vector<i32> cnt(size_t(std::max<i64>(n_out, n_in)), 0), touched;
+    std::vector<double> s(size_t(n_in), 0.0);
+#pragma omp for schedule(dynamic, 16)
+    for (i64 z1 = 0; z1 < n_in; ++z1) {
+      for (i64 e = g.ccol[z1]; e < g.ccol[z1 + 1]; ++e) {
+        const i32 z2 = g.rows_t[e];
+        const double hz = h[z2];
+        for (i64 k = g.crow[z2]; k < g.crow[z2 + 1]; ++k) {
+          const i32 v = g.cols[k];
+          if (cnt[v]++ == 0) touched.push_back(v);
+          s[v] += hz;
+        }
+      }
+      const float dz1 = float(g.deg_i(z1));
+      i64 b = base[z1];
+      for (i32 v : touched) {
+        lv[b] = v;
+        lw[b++] = float(node_weight<VAR>(float(cnt[v]), dz1) + s[v]);
+        cnt[v] = 0;
+        s[v] = 0.0;
+      }
+      len[z1] = i64(touched.size());
+      touched.clear();
+    }  // implicit barrier: the lists are complete
+#pragma omp for schedule(dynamic, 16)
+    for (i64 u = 0; u < n_out; ++u) {
+      count_two_hop(u, g.crow.data(), g.cols.data(), g.ccol.data(), g.rows_t.data(), cnt.data(), touched);
+      for (i32 z2 : touched) {
+        const i32 c = cnt[z2];
+        cnt[z2] = 0;
+        if (c < 2) continue;
+        const double w = double(node_weight<VAR>(float(c), float(g.deg_o(z2)))) - double(c) * h[z2];
+        for (i64 k = g.crow[z2]; k < g.crow[z2 + 1]; ++k) s[g.cols[k]] += w;
+      }
+      touched.clear();
+      for (i64 a = g.crow[u]; a < g.crow[u + 1]; ++a) {
+        const i32 z1 = g.cols[a];
+        const i32* __restrict vs = lv.get() + base[z1];
+        const float* __restrict w = lw.get() + base[z1];
+        for (i64 k = 0; k < len[z1]; ++k) s[vs[k]] += w[k];
+      }
+      finish_row(g, u, s.data(), out);
+    }
+  }
+}
+
+template <int VAR> void ch_dispatch(const Graph& g, int matrix, float* out) {
+  if (matrix) ch_matrix<VAR>(g, out);
+  else ch_exact<VAR>(g, out);
+}
+
+}  // namespace
+
+extern "C" {
+int bs_version() { return BS_SOURCE_VERSION; }
+void bs_set_parallel_min(i64 work) { parallel_min = work; }
+int bs_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 0;
+#endif
+}
+void bs_forward_f32(i64 N, i64 n_in, i64 n_out, const float* x, const i64* crow, const i64* cols,
+                    const float* vals, const float* bias, float* xT, float* y) {
+  forward<float>(N, n_in, n_out, x, crow, cols, vals, bias, xT, y);
+}
+void bs_forward_f64(i64 N, i64 n_in, i64 n_out, const double* x, const i64* crow, const i64* cols,
+                    const double* vals, const double* bias, double* xT, double* y) {
+  forward<double>(N, n_in, n_out, x, crow, cols, vals, bias, xT, y);
+}
+void bs_backward_f32(i64 N, i64 n_in, i64 n_out, const float* gy, const float* xT, const i64* crow,
+                     const i64* cols, const i64* t_perm, const i64* t_rows, const i64* ccol,
+                     const float* vals, float* gx, float* gv, float* gb) {
+  backward<float>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv, gb);
+}
+void bs_backward_f64(i64 N, i64 n_in, i64 n_out, const double* gy, const double* xT, const i64* crow,
+                     const i64* cols, const i64* t_perm, const i64* t_rows, const i64* ccol,
+                     const double* vals, double* gx, double* gv, double* gb) {
+  backward<double>(N, n_in, n_out, gy, xT, crow, cols, t_perm, t_rows, ccol, vals, gx, gv, gb);
+}
+// CH L3 scores of every pair of an (n_out, n_in) uint8 mask into out (float32, row-major):
+// variant 0 CH3, 1 CH2, 2 CH3.1; matrix 0 exact path form, 1 matrix form. Returns 0 on success.
+int bs_ch_l3(i64 n_out, i64 n_in, const uint8_t* mask, int variant, int matrix, float* out) {
+  if (variant < 0 || variant > 2) return 1;
+  try {
+    const Graph g = graph_from_mask(mask, n_out, n_in);
+    if (variant == 0) ch_dispatch<0>(g, matrix, out);
+    else if (variant == 1) ch_dispatch<1>(g, matrix, out);
+    else ch_dispatch<2>(g, matrix, out);
+  } catch (...) {  // out of memory: report instead of terminating the process
+    return 2;
+  }
+  return 0;
+}
+}
