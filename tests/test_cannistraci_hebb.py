@@ -468,3 +468,17 @@ def test_backends_on_empty_and_thin_masks(impl: str, shape) -> None:
                     ch_l3_matrix(mask, "CH3.1", use_sparse=True, backend=impl)):
             assert got.shape == shape and got.dtype == torch.float32
             assert not got.any()
+
+
+@needs_cpp
+def test_compiled_scorers_not_used_when_their_check_fails(monkeypatch) -> None:
+    """The compiled scorers are checked against the PyTorch forms before first use; on a
+    mismatch the scorers use the PyTorch forms (and method="compiled" says why it cannot)."""
+    from brainsparse.scoring import _ch_compiled
+
+    assert _ch_compiled.compiled_available(G43, "cpp")  # the real check passes here
+    monkeypatch.setattr(_ch_compiled, "_checked", {"ok": False})
+    assert not _ch_compiled.compiled_available(G43, "auto")
+    assert torch.equal(ch_l3_exact(G43, "CH3"), ch_l3_exact(G43, "CH3", method="sparse"))
+    with pytest.raises(BrainsparseError, match="check"):
+        ch_l3_exact(G43, method="compiled", backend="cpp")
