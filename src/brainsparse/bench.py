@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kernels import SparseLinear, backend, use_backend
+from .kernels import SparseLinear, backend
 from .scoring.cannistraci_hebb import ch_l3_exact, ch_l3_matrix, l3_path_count
 from .topology import uniform
 from .train.checkpoint import write_json, write_text
@@ -131,9 +131,10 @@ def bench_scoring(
                                                   0 if reps == 1 else 1)
             if backend() == "cpp" and n <= max_torch_n and paths <= max_torch_paths:
                 reps = 1 if paths > 2e8 else repeats
-                with use_backend("torch"):
-                    row["exact_torch_s"] = _median_time(lambda: ch_l3_exact(mask, "CH3"), reps, 0 if reps == 1 else 1)
-                    row["matrix_torch_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=True), repeats, 1)
+                row["exact_torch_s"] = _median_time(lambda: ch_l3_exact(mask, "CH3", backend="torch"), reps,
+                                                    0 if reps == 1 else 1)
+                row["matrix_torch_s"] = _median_time(
+                    lambda: ch_l3_matrix(mask, "CH3", use_sparse=True, backend="torch"), repeats, 1)
             if n <= max_dense_n:
                 row["matrix_dense_s"] = _median_time(lambda: ch_l3_matrix(mask, "CH3", use_sparse=False), max(1, repeats - 1), 1)
                 row["matrix_speedup"] = row["matrix_dense_s"] / row["matrix_sparse_s"]
