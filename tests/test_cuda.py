@@ -54,3 +54,31 @@ def test_cuda_auto_kernel_stays_masked():
     model = bs.models.MLP([64, 96, 10]).cuda()
     engine = bs.sparsify(model, None, method="static", density=0.01, init="bsw", seed=0, kernel="auto")
     assert not any(layer.sparse_kernel for layer in engine.layers.values())
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_cuda_compiled_sparse_mlp_trains_like_eager(compile_backend):
+    """The registered sparse operators under torch.compile on the GPU (CSR, torch backend)."""
+    import copy
+
+    from brainsparse.kernels import SparseLinear
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    layers = []
+    for a, b in ((32, 48), (48, 10)):
+        linear = nn.Linear(a, b)
+        layers += [SparseLinear.from_linear(linear, torch.rand(b, a, generator=gen) < 0.2), nn.ReLU()]
+    eager = nn.Sequential(*layers[:-1]).cuda()
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, backend=compile_backend)
+    x = torch.randn(5, 16, 32, generator=gen).cuda()
+    y = torch.randint(0, 10, (5, 16), generator=gen).cuda()
+    for model, fwd in ((eager, eager), (compiled_model, compiled)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(fwd(x[step]), y[step]).backward()
+            opt.step()
+    for a, b in zip(eager.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
