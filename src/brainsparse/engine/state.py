@@ -121,3 +121,25 @@ def load_engine_state(engine: DynamicSparseEngine, state: dict[str, Any]) -> Non
         layer.last_update = dict(state["last_update"][name])
     with torch.no_grad():
         engine.apply_masks()
+
+
+def checkpoint_masks(model_state: dict[str, Any], engine_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The bool masks of a saved run's sparse layers, without building the model: from the
+    model's state_dict (``<layer>.weight_mask`` on the masked path; ``<layer>.rows`` / ``.cols``
+    of a ``SparseLinear``, shaped like the layer's ``ever_active``), or from an engine state that
+    still holds them (``"masks"``, checkpoints from before the masks moved into the model)."""
+    if isinstance(engine_state.get("masks"), dict):
+        return {str(n): m for n, m in engine_state["masks"].items()}
+    shapes = {str(n): tuple(t.shape) for n, t in engine_state.get("ever_active", {}).items() if torch.is_tensor(t)}
+    masks: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        mask = model_state.get(f"{name}.weight_mask")
+        if torch.is_tensor(mask):
+            masks[name] = mask
+            continue
+        rows, cols = model_state.get(f"{name}.rows"), model_state.get(f"{name}.cols")
+        if torch.is_tensor(rows) and torch.is_tensor(cols) and len(shape) == 2:
+            mask = torch.zeros(shape, dtype=torch.bool)
+            mask[rows.long().cpu(), cols.long().cpu()] = True
+            masks[name] = mask
+    return masks
