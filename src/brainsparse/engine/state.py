@@ -119,8 +119,11 @@ def load_engine_state(engine: DynamicSparseEngine, state: dict[str, Any]) -> Non
         layer.density = float(state["layer_density"][name])
         layer.target = int(state["target"][name])
         layer.last_update = dict(state["last_update"][name])
-    with torch.no_grad():
-        engine.apply_masks()
+    if masks:  # masks from the state: weights and optimizer state follow them (as before the move)
+        with torch.no_grad():
+            engine.apply_masks()
+    # otherwise the weights, masks and optimizer state are the model's and the optimizer's own,
+    # loaded before or after this: nothing here may touch them
 
 
 def checkpoint_masks(model_state: dict[str, Any], engine_state: dict[str, Any]) -> dict[str, torch.Tensor]:
