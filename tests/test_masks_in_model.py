@@ -112,3 +112,26 @@ def test_a_changed_mask_buffer_is_what_the_engine_masks_with():
     nn.functional.cross_entropy(model(x), y).backward()
     assert (model.layers[0].weight.grad != 0).float().mean() > 0.5  # the float copy followed the buffer
     assert layer.links == layer.mask.numel()
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_checkpoints_with_engine_masks_still_restore(kernel):
+    """A checkpoint from before the masks moved into the model: masks in the engine state, no
+    weight_mask entries in the model state."""
+    from brainsparse.engine.state import checkpoint_masks
+    from brainsparse.train.common import restore_training_state
+
+    batches = _batches(16, seed=5)
+    model, opt, engine = _setup(kernel, seed=0)
+    _train(model, opt, engine, batches[:8])
+    masks = {n: l.mask.clone() for n, l in engine.layers.items()}
+    state = copy.deepcopy({"model": model.state_dict(), "engine": engine.state_dict(), "optimizer": opt.state_dict()})
+    assert all(torch.equal(checkpoint_masks(state["model"], state["engine"])[n], m) for n, m in masks.items())
+    state["model"] = {k: v for k, v in state["model"].items() if not k.endswith(MASK_BUFFER)}
+    state["engine"]["masks"] = masks
+    _train(model, opt, engine, batches[8:])
+    fresh, fresh_opt, fresh_engine = _setup(kernel, seed=1)
+    restore_training_state(state, fresh_engine, fresh, fresh_opt)
+    _train(fresh, fresh_opt, fresh_engine, batches[8:])
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
