@@ -1,7 +1,7 @@
 """The engine: owns the evolution of a model's sparse layers (design.md).
 
-- :mod:`.api`: :func:`sparsify` and :func:`engine_of`;
-- :mod:`.core`: :class:`DynamicSparseEngine` (hooks, masking, schedule, checkpoints);
+- :mod:`.api`: :func:`sparsify`;
+- :mod:`.core`: :class:`DynamicSparseEngine` (hooks, masking, schedule, checkpoints), :func:`engine_of`;
 - :mod:`.update`: one topology update, composed from the method's resolved components;
 - :mod:`.components`: the method's components, looked up in :mod:`brainsparse.registry` once;
 - :mod:`.storage`: the two ways a layer stores its links (masked-dense with a ``weight_mask``
@@ -10,8 +10,8 @@
 - :mod:`.state`: the report and the engine's checkpoint state.
 """
 
-from .api import engine_of, sparsify
-from .core import MAX_EXACT_PATHS, SWITCH_BACK_FACTOR, DynamicSparseEngine
+from .api import sparsify
+from .core import MAX_EXACT_PATHS, SWITCH_BACK_FACTOR, DynamicSparseEngine, engine_of
 from .layer import SparseLayer
 from .storage import MASK_BUFFER, LinkStorage, MaskedStorage
 

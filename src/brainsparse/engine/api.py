@@ -1,8 +1,7 @@
-"""The entry points: :func:`sparsify` builds an engine for a model; :func:`engine_of` finds it again."""
+"""The entry point: :func:`sparsify` makes a model's linear layers sparse and returns its engine."""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,19 +13,6 @@ from ..errors import BrainsparseError
 from ..layers import find_sparse_layers, infer_attention_blocks, infer_chains
 from ..methods import MethodConfig, resolve_method
 from .core import DynamicSparseEngine
-
-#: model id → its engine, so that :mod:`brainsparse.export` finds the engine of a model
-_ENGINES: weakref.WeakValueDictionary[int, DynamicSparseEngine] = weakref.WeakValueDictionary()
-
-
-def _register(engine: DynamicSparseEngine) -> None:
-    _ENGINES[id(engine.model)] = engine
-
-
-def engine_of(model: nn.Module) -> DynamicSparseEngine | None:
-    """The engine that :func:`sparsify` attached to ``model``, if it is still alive."""
-    engine = _ENGINES.get(id(model))
-    return engine if engine is not None and engine.model is model else None
 
 
 def sparsify(

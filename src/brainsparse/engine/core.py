@@ -9,6 +9,7 @@ are looked up once, at construction (:mod:`.components`); one topology update is
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,12 @@ MAX_EXACT_PATHS = 1_000_000_000
 #: density exceeds this factor × the crossover (hysteresis; entering the sparse path needs a
 #: density below the crossover itself).
 SWITCH_BACK_FACTOR = 1.25
+
+
+def engine_of(model: nn.Module) -> DynamicSparseEngine | None:
+    """The engine that :func:`~brainsparse.sparsify` attached to ``model``, if it is still alive."""
+    engine = _ENGINES.get(id(model))
+    return engine if engine is not None and engine.model is model else None
 
 
 class DynamicSparseEngine:
@@ -89,9 +96,7 @@ class DynamicSparseEngine:
         if method.sparse:
             self._build(layers, init_data)
             self._attach()
-        from .api import _register
-
-        _register(self)
+        _ENGINES[id(model)] = self
 
     # ------------------------------------------------------------------ set-up
     def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
@@ -325,3 +330,7 @@ class DynamicSparseEngine:
         """Restore counters, generator, schedule and per-layer state (before or after the model's
         ``load_state_dict``); a ``"masks"`` entry (older checkpoints) is installed on the modules."""
         _state.load_engine_state(self, state)
+
+
+#: model id → its engine, so that :mod:`brainsparse.export` and the callbacks find a model's engine
+_ENGINES: weakref.WeakValueDictionary[int, DynamicSparseEngine] = weakref.WeakValueDictionary()
