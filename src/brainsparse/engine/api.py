@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ def sparsify(
     init_data: Tensor | None = None,
     kernel: str = "dense",
     batch_size: int = 32,
+    engine_class: Callable[..., DynamicSparseEngine] | None = None,
     **method_options: Any,
 ) -> DynamicSparseEngine:
     """Make ``model``'s linear layers sparse and return the engine that evolves them.
@@ -58,6 +59,9 @@ def sparsify(
     masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose
     weight and optimizer state exist only at the links) or ``"auto"`` (sparse where the layer's
     starting density is below the measured crossover for ``batch_size``).
+
+    ``engine_class`` builds the engine (default :class:`DynamicSparseEngine`), e.g. a subclass
+    for sharded models.
     """
     kernel = check_choice(kernel, ("auto", "dense", "sparse"), "kernel")
     density = check_density(density)
@@ -102,7 +106,7 @@ def sparsify(
         attention = infer_attention_blocks(model, names) if config.head_pruning else []
     if seed is None:
         seed = torch.initial_seed() % (2**63)
-    return DynamicSparseEngine(
+    return (engine_class or DynamicSparseEngine)(
         model, optimizer, config, density, layers, chain_list, pairs,
         update_every=update_every or 1, total_steps=total_steps, seed=seed, init_data=init_data,
         kernel=kernel, batch_size=batch_size, attention=attention,

@@ -21,11 +21,12 @@ from .._validation import link_count
 from ..errors import BrainsparseError
 from ..kernels import choose_kernel
 from ..methods import MethodConfig
+from ..registry import Score, ScoreInput
 from . import state as _state
 from . import update as _update
 from .components import density_schedule, resolve
 from .layer import SparseLayer
-from .storage import LinkStorage, MaskedStorage, switch_path
+from .storage import LinkStorage, MaskedStorage, Storage, switch_path
 
 #: Above this many L3 paths in a layer, exact CH scoring falls back to the matrix form
 #: (about 2 s on 2 CPU cores at 1e9 paths: a 1568×1568 layer near 5 % density).
@@ -129,7 +130,7 @@ class DynamicSparseEngine:
                 module = by_name[name]
                 mask = mask.to(module.weight.device)
                 self.layers[name] = SparseLayer(
-                    name=name, storage=MaskedStorage(module, mask), density=densities[name],
+                    name=name, storage=self._storage_for(module, mask), density=densities[name],
                     base_density=base[name], target=link_count(densities[name], *shapes[name]),
                     ever_active=mask.clone(), optimizer=self.optimizer,
                 )
@@ -148,6 +149,11 @@ class DynamicSparseEngine:
                 *shape, layer.density, self.batch_size, layer.mask.device.type)
             if use == "sparse":
                 self._move(layer)
+
+    def _storage_for(self, module: nn.Linear, mask: Tensor) -> Storage:
+        """The storage a new sparse layer starts with: the masked path, ``mask`` installed as the
+        module's ``weight_mask`` buffer. (An engine for sharded models overrides this.)"""
+        return MaskedStorage(module, mask)
 
     def _replace_module(self, layer: SparseLayer, module: nn.Module) -> None:
         parent_name, _, child = layer.name.rpartition(".")
@@ -309,6 +315,20 @@ class DynamicSparseEngine:
         record = _update.run_update(self)
         self.history.append(record)
         return record
+
+    def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor | None) -> None:
+        """Install an update's ``mask`` on ``layer``; ``new_links`` (masked path) start at weight 0
+        with zero optimizer state. (The update's one write to a layer; override points live here.)"""
+        layer.storage.set_mask(mask, self.optimizer, fresh=new_links)
+
+    def _score_input(self, layer: SparseLayer, mask: Tensor, score: Score) -> ScoreInput:
+        """What ``score`` sees of ``layer`` with ``mask`` as its links (full-layer tensors)."""
+        return ScoreInput(
+            layer.name, mask, layer.dense_weight,
+            grad=layer.dense_grad if "gradient" in score.needs else None,
+            activations=layer.activations if "activations" in score.needs else None,
+            generator=self.generator, method=self.method, max_exact_paths=self.max_exact_paths,
+        )
 
     def _gradual_prune(self, global_density: float) -> dict[str, Tensor]:
         return _update.gradual_prune(self, global_density)

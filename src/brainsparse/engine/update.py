@@ -34,13 +34,8 @@ if TYPE_CHECKING:
 
 
 def score_input(engine: DynamicSparseEngine, layer: SparseLayer, mask: Tensor, score: Score) -> ScoreInput:
-    """What ``score`` sees of ``layer`` with ``mask`` as its links."""
-    return ScoreInput(
-        layer.name, mask, layer.dense_weight,
-        grad=layer.dense_grad if "gradient" in score.needs else None,
-        activations=layer.activations if "activations" in score.needs else None,
-        generator=engine.generator, method=engine.method, max_exact_paths=engine.max_exact_paths,
-    )
+    """What ``score`` sees of ``layer`` with ``mask`` as its links (see ``engine._score_input``)."""
+    return engine._score_input(layer, mask, score)
 
 
 def prune(engine: DynamicSparseEngine, layer: SparseLayer, mask: Tensor, n_links: int, score: Score) -> Tensor:
@@ -274,7 +269,7 @@ def run_update(engine: DynamicSparseEngine) -> dict[str, Any]:
         removed_at_grown = before[name].view(-1)[grown]
         overlap = overlap_rate(removed_at_grown, torch.ones_like(removed_at_grown))
         fresh = None if layer.sparse_kernel else new_mask & ~before[name]  # the sparse path knows its new links
-        layer.storage.set_mask(new_mask, engine.optimizer, fresh=fresh)
+        engine._set_mask(layer, new_mask, fresh)
         layer.ever_active |= new_mask
         layer.dense_grad = None
         layer.activations = None
