@@ -202,6 +202,18 @@ class DynamicSparseEngine:
             self._attach_layer(layer)
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step()))
+        if self.components.auto_kernel:
+            self._handles.append(self.model.register_load_state_dict_pre_hook(self._follow_saved_paths))
+
+    def _follow_saved_paths(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        """``kernel="auto"``: before ``model.load_state_dict``, move each layer to the path the
+        incoming state has (``<layer>.rows`` of a ``SparseLinear`` or ``<layer>.weight`` of an
+        ``nn.Linear``), so the model loads before or after the engine (the optimizer after both)."""
+        for name, layer in self.layers.items():
+            if f"{prefix}{name}.rows" in state_dict:
+                self.switch_kernel(layer, "sparse")
+            elif f"{prefix}{name}.weight" in state_dict:
+                self.switch_kernel(layer, "dense")
 
     def _before_update(self) -> bool:
         """True during the batch just before a topology update (the scores' inputs are recorded)."""

@@ -88,8 +88,8 @@ def load_engine_state(engine: DynamicSparseEngine, state: dict[str, Any]) -> Non
     """Restore :func:`engine_state` into ``engine``.
 
     A layer the saved run had moved to the other path (``kernel="auto"``) moves too, so that the
-    model's state_dict (weight + weight_mask vs values + link structure) fits it: with such a
-    switch, load the engine before the model. A ``"masks"`` entry (checkpoints from before the
+    model's state_dict (weight + weight_mask vs values + link structure) fits it (loading the
+    model's state_dict moves it as well; load the optimizer after either). A ``"masks"`` entry (checkpoints from before the
     masks moved into the model, or a rank broadcast) is installed on the modules.
     """
     names = set(state["target"])

@@ -508,8 +508,8 @@ def resolve_device(name: str) -> torch.device:
 
 def restore_training_state(state: dict[str, Any], engine: DynamicSparseEngine, model, optimizer) -> None:
     """Load a checkpoint's engine, model and optimizer state. The masks are in the model's state
-    (``weight_mask`` buffers, link structure); the engine goes first because under
-    ``kernel="auto"`` it moves layers to the path the saved model's state_dict has. A checkpoint
+    (``weight_mask`` buffers, link structure), and model and engine load in either order; the
+    optimizer goes last, after any layer moved to its saved path (``kernel="auto"``). A checkpoint
     from before the masks moved into the model keeps them in its engine state: the engine installs
     them, and the model's state is completed with them."""
     engine.load_state_dict(state["engine"])
