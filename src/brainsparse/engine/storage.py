@@ -14,7 +14,7 @@ changed the module. :func:`switch_path` moves a layer from one storage to the ot
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,60 @@ def swap_param(optimizer: torch.optim.Optimizer | None, old: nn.Parameter, new: 
         if convert is not None:
             state = {k: convert(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()}
         optimizer.state[new] = state
+
+
+class LayerStorage(Protocol):
+    """The interface the engine uses for a layer's links, whatever holds them."""
+
+    path: str  # "dense" (masked) or "sparse" (links only): engine.state_dict()["kernels"]
+    module: nn.Module
+
+    @property
+    def mask(self) -> Tensor:
+        """The bool ``(out, in)`` mask, read from the module."""
+        ...
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The parameter the optimizer updates."""
+        ...
+
+    def dense_weight(self) -> Tensor:
+        """The ``(out, in)`` weight, zero off-mask (detached)."""
+        ...
+
+    def write_dense_weight(self, weight: Tensor) -> None:
+        """Set the weight at the links from a dense ``(out, in)`` tensor."""
+        ...
+
+    def link_values(self) -> tuple[Tensor, Tensor] | None:
+        """``(values, flat row-major indices)`` of the links, where stored that way."""
+        ...
+
+    def set_mask(self, mask: Tensor, optimizer: torch.optim.Optimizer | None = None,
+                 fresh: Tensor | None = None) -> None:
+        """Install an update's mask (kept links keep weight and state, new ones start at 0)."""
+        ...
+
+    def load_mask(self, mask: Tensor) -> None:
+        """Take ``mask`` as it is (a restore)."""
+        ...
+
+    def apply_mask(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero weight, gradient and optimizer state off-mask."""
+        ...
+
+    def after_step(self) -> None:
+        """Re-zero what an optimizer step may have moved off-mask."""
+        ...
+
+    def regularize(self, regularizer: Regularizer, step_size: float) -> None:
+        """One proximal step of ``regularizer`` on the weights."""
+        ...
+
+    def attach_grad(self, capture: Callable[[], bool] | None, sink: GradSink) -> list[Any]:
+        """Install the gradient hooks (masking; dense-gradient capture while ``capture()``)."""
+        ...
 
 
 class MaskedStorage:
@@ -273,4 +327,4 @@ def switch_path(storage: Storage, optimizer: torch.optim.Optimizer | None,
     return MaskedStorage(linear)
 
 
-__all__ = ["MASK_BUFFER", "LinkStorage", "MaskedStorage", "Storage", "swap_param", "switch_path"]
+__all__ = ["MASK_BUFFER", "LayerStorage", "LinkStorage", "MaskedStorage", "Storage", "swap_param", "switch_path"]
