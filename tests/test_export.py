@@ -41,6 +41,9 @@ def test_finalize_gives_plain_linear_layers_with_the_same_outputs(kernel):
     bs.finalize(model)
     linears = [m for m in model.modules() if isinstance(m, (nn.Linear, SparseLinear))]
     assert linears and all(type(m) is nn.Linear for m in linears)
+    # no weight_mask buffers left: the state_dict loads strictly into a plain model
+    assert not [k for k in model.state_dict() if "mask" in k]
+    MLP([20, 16, 16, 4]).load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(model(x), expected)
     for name, mask in masks.items():

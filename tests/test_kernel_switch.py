@@ -171,8 +171,9 @@ def test_density_rising_past_the_crossover_goes_back_with_hysteresis():
     assert not any(_paths(engine).values())
 
 
+@pytest.mark.parametrize("engine_first", [True, False])
 @pytest.mark.parametrize("split, optimizer", [(9, "sgd"), (30, "sgd"), (30, "adam")])
-def test_resume_of_a_switched_run_reproduces_it(split, optimizer):
+def test_resume_of_a_switched_run_reproduces_it(split, optimizer, engine_first):
     """A checkpoint before (step 9) or after (step 30) the layers went sparse resumes into a
     fresh engine (which starts masked) and continues exactly as the uninterrupted run."""
     batches = _batches(60)
@@ -182,8 +183,12 @@ def test_resume_of_a_switched_run_reproduces_it(split, optimizer):
     state = copy.deepcopy({"model": m1.state_dict(), "opt": o1.state_dict(), "engine": e1.state_dict()})
     assert state["engine"]["kernels"] == {n: "sparse" if s else "dense" for n, s in _paths(e1).items()}
     m2, o2, e2 = _engine("chtss", "auto", optimizer, seed=5)
-    e2.load_state_dict(state["engine"])  # the order of the training loop: engine, model, optimizer
-    m2.load_state_dict(state["model"])
+    if engine_first:  # the order of the training loop: engine, model, optimizer
+        e2.load_state_dict(state["engine"])
+        m2.load_state_dict(state["model"])
+    else:  # the model's state dict moves the layers to its paths itself
+        m2.load_state_dict(state["model"])
+        e2.load_state_dict(state["engine"])
     o2.load_state_dict(state["opt"])
     assert _paths(e2) == _paths(e1)
     l1 = [_step(m1, o1, e1, b)[0] for b in batches[split:]]

@@ -437,7 +437,7 @@ def test_analyze_run_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     torch.save({"model": {}}, bad / "checkpoint.pt")
-    with pytest.raises(BrainsparseError, match="no engine masks"):
+    with pytest.raises(BrainsparseError, match="no layer masks"):
         analyze_run(bad)
     (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(BrainsparseError, match="cannot read checkpoint"):

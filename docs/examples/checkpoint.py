@@ -29,8 +29,8 @@ file.seek(0)
 saved = torch.load(file)
 
 model2, opt2, dst2 = make()           # a new process would rebuild the same objects ...
-dst2.load_state_dict(saved["dst"])    # ... restore the engine first (masks, counters, generator)
-model2.load_state_dict(saved["model"])
+model2.load_state_dict(saved["model"])  # ... the model holds the masks (weight_mask buffers)
+dst2.load_state_dict(saved["dst"])      # the engine: counters, generator, schedule (any order)
 opt2.load_state_dict(saved["opt"])
 
 train(model, opt, dst, 6)

@@ -18,6 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from ._validation import check_seed
+from .engine.state import checkpoint_masks
 from .errors import BrainsparseError
 from .metrics.network import degree_distribution, layer_measures
 from .metrics.training import active_neuron_rate, area_across_epochs, itop_rate
@@ -82,10 +83,13 @@ def _load_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     except BrainsparseError as exc:
         raise BrainsparseError(f"cannot read checkpoint: {exc}") from None
     engine = state.get("engine") if isinstance(state, dict) else None
-    if not isinstance(engine, dict) or not isinstance(engine.get("masks"), dict):
-        raise BrainsparseError(f"checkpoint '{path}' holds no engine masks (expected state['engine']['masks'])")
+    model = state.get("model") if isinstance(state, dict) else None
+    found = checkpoint_masks(model if isinstance(model, dict) else {}, engine) if isinstance(engine, dict) else {}
+    if not found:
+        raise BrainsparseError(f"checkpoint '{path}' holds no layer masks (expected the model's weight_mask buffers "
+                               "or link structure, or state['engine']['masks'])")
     masks: dict[str, Tensor] = {}
-    for name, mask in engine["masks"].items():
+    for name, mask in found.items():
         if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.numel() == 0:
             raise BrainsparseError(f"checkpoint '{path}': mask of layer {name!r:.60} is not a non-empty 2-D tensor")
         masks[str(name)] = mask.detach().to("cpu").bool()
@@ -109,8 +113,9 @@ def _chains(state: dict[str, Any], masks: dict[str, Tensor]) -> list[list[str]]:
 def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Analyse the topology of a run folder and write the results into ``out_dir``.
 
-    Loads the final masks from ``run_dir/checkpoint.pt`` (``state['engine']['masks']``; layers
-    that were dense are not there and are skipped) and the per-epoch rows of
+    Loads the final masks from ``run_dir/checkpoint.pt`` (the model's ``weight_mask`` buffers or
+    link structure, or ``state['engine']['masks']`` in older checkpoints; layers that were dense
+    are not there and are skipped) and the per-epoch rows of
     ``run_dir/metrics.jsonl`` (or, if that file is missing, the ``history`` kept in the
     checkpoint). Computes per sparse layer :func:`brainsparse.metrics.layer_measures` (seeded
     with ``seed``), its active neurons, ITOP and last overlap rate and degree histograms; and for

@@ -1,7 +1,8 @@
 """The way out of brainsparse: plain PyTorch modules, and a compact file of the links.
 
 - :func:`finalize` turns a sparsified model back into plain ``nn.Linear`` layers that hold the
-  sparse weights (zeros off the links); the engine's hooks are removed, so the model trains,
+  sparse weights (zeros off the links) and no ``weight_mask`` buffers; the engine's hooks are
+  removed, so the model trains,
   saves (``save_pretrained`` for Hugging Face models) and loads without brainsparse.
 - :func:`save_sparse` writes a safetensors file whose size grows with the number of links:
   every sparse layer as CSR (row pointers, column indices, values), every other parameter and
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from .errors import BrainsparseError
 from .kernels import SparseLinear
+from .engine.storage import MASK_BUFFER
 from .kernels.structure import LinkStructure
 
 FORMAT = "brainsparse-sparse/1"
@@ -31,16 +33,21 @@ def _engine_of(model: nn.Module):
     return engine_of(model)
 
 
+def _mask_buffer(module: nn.Module) -> Tensor | None:
+    """The ``weight_mask`` buffer of a masked-path linear layer, if ``module`` is one."""
+    mask = module._buffers.get(MASK_BUFFER) if isinstance(module, nn.Linear) else None
+    return mask if torch.is_tensor(mask) else None
+
+
 def _sparse_layers(model: nn.Module) -> dict[str, tuple[nn.Module, Tensor]]:
-    """name → (module, bool mask) of every sparse linear layer, on either path."""
-    engine = _engine_of(model)
+    """name → (module, bool mask) of every sparse linear layer, on either path: the masks are
+    in the modules (a ``SparseLinear``'s links, an ``nn.Linear``'s ``weight_mask`` buffer)."""
     layers: dict[str, tuple[nn.Module, Tensor]] = {}
     for name, module in model.named_modules():
         if isinstance(module, SparseLinear):
             layers[name] = (module, module.mask)
-    if engine is not None:
-        for name, layer in engine.layers.items():
-            layers.setdefault(name, (layer.module, layer.mask))
+        elif (mask := _mask_buffer(module)) is not None:
+            layers[name] = (module, mask)
     return layers
 
 
@@ -69,6 +76,11 @@ def finalize(model: nn.Module) -> nn.Module:
     if engine is not None:
         engine.detach()
     for name, module in list(model.named_modules()):
+        mask = _mask_buffer(module)
+        if mask is not None:  # masked path: the weight already holds the links; drop the mask
+            module.weight.mul_(mask)
+            del module._buffers[MASK_BUFFER]
+            continue
         if not isinstance(module, SparseLinear):
             continue
         linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
@@ -147,9 +159,10 @@ def load_sparse(model: nn.Module, path: str | Path, strict: bool = True) -> nn.M
             module.set_structure(structure, values=values)
         else:
             module.weight.copy_(structure.to_dense(values).to(device, module.weight.dtype))
+            if _mask_buffer(module) is not None:  # a masked-path layer: its mask is the saved links
+                module._buffers[MASK_BUFFER].copy_(structure.to_mask().to(device))
         if engine is not None and name in engine.layers:
             layer = engine.layers[name]
-            layer.set_mask(structure.to_mask().to(device))
             layer.target = layer.links
             layer.ever_active |= layer.mask
     missing, unexpected = [], []

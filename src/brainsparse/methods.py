@@ -13,9 +13,11 @@ from typing import Any
 
 from ._validation import check_choice, check_density, check_unit_interval
 from .errors import BrainsparseError
+from . import registry
 from .schedules import DROP_SCHEDULES
-from .scoring.removal import REMOVAL_SCORES
 
+#: the built-in regrowth scores and density schedules (the registries in
+#: :mod:`brainsparse.registry` hold these plus any registered ones)
 REGROWTH_SCORES = ("random", "gradient", "ch3_l3", "ch2_l3", "ch3.1_l3", "cosine", "none")
 DENSITY_SCHEDULES = ("constant", "sigmoid", "cubic", "linear", "ems")
 EXPLORATIONS = ("none", "simultaneous")
@@ -63,16 +65,16 @@ class MethodConfig:
     def __post_init__(self) -> None:
         check_choice(self.init, INITS, "init")
         check_choice(self.weight_init, WEIGHT_INITS, "weight init")
-        check_choice(self.removal, REMOVAL_SCORES, "removal score")
+        check_choice(self.removal, registry.REMOVAL_SCORES, "removal score")
         check_choice(self.removal_rule, SELECTION_RULES, "removal rule")
-        check_choice(self.regrowth, REGROWTH_SCORES, "regrowth score")
+        check_choice(self.regrowth, registry.REGROWTH_SCORES, "regrowth score")
         check_choice(self.regrowth_rule, SELECTION_RULES, "regrowth rule")
         check_choice(self.drop_schedule, DROP_SCHEDULES, "drop schedule")
-        check_choice(self.density_schedule, DENSITY_SCHEDULES, "density schedule")
-        check_choice(self.prune_score, REMOVAL_SCORES, "prune score")
+        check_choice(self.density_schedule, registry.DENSITY_SCHEDULES, "density schedule")
+        check_choice(self.prune_score, registry.REMOVAL_SCORES, "prune score")
         check_choice(self.prune_scope, PRUNE_SCOPES, "prune scope")
         check_choice(self.exploration, EXPLORATIONS, "exploration")
-        check_choice(self.regularizer, REGULARIZERS, "regularizer")
+        check_choice(self.regularizer, registry.REGULARIZERS, "regularizer")
         if self.initial_density is not None:
             check_density(self.initial_density, "initial_density")
         if not 0.0 < self.prune_end_fraction <= 1.0:
@@ -152,6 +154,27 @@ PRESETS: dict[str, MethodConfig] = {
         head_pruning=True, head_threshold=0.9,
     ),
 }
+
+
+_BUILTIN_PRESETS = frozenset(PRESETS)
+
+
+def register_method(name: str, config: MethodConfig | None = None, *, overwrite: bool = False,
+                    **fields: Any) -> MethodConfig:
+    """Add a named preset, usable as ``sparsify(..., method=name)``: ``config`` under ``name``,
+    or ``MethodConfig(name=name, **fields)``. A built-in preset is replaced only with
+    ``overwrite=True``; a registered one is replaced silently. Returns the stored config."""
+    key = str(name).lower()
+    if not key or key != key.strip():
+        raise BrainsparseError(f"method name {name!r} must be a non-empty word")
+    if key in _BUILTIN_PRESETS and not overwrite:
+        raise BrainsparseError(f"method {key!r} is built in; pass overwrite=True to replace it")
+    if config is None:
+        config = MethodConfig(name=key, **fields)
+    else:
+        config = dataclasses.replace(config, name=key, **fields)
+    PRESETS[key] = config
+    return config
 
 
 def method_names() -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import DynamicSparseEngine, engine_of, sparsify
+from ..engine import MASK_BUFFER, DynamicSparseEngine, engine_of, sparsify
 from ..errors import BrainsparseError
 from ..models.llama import llama_sparse_layout
 
@@ -38,6 +38,35 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return inner
 
 
+def engine_checkpoint(engine: DynamicSparseEngine) -> dict[str, Any]:
+    """What a callback saves: the engine's state plus the layers' masks. The masks are also in the
+    model's own state_dict (``weight_mask`` buffers), but a framework resuming a run loads that
+    into the model before the callback has sparsified it, so those entries find no buffer."""
+    state = engine.state_dict()
+    state["masks"] = {name: layer.mask.detach().cpu().clone() for name, layer in engine.layers.items()}
+    return state
+
+
+def skip_unowned_masks(model: nn.Module):
+    """Let ``model.load_state_dict`` (strict, as Lightning's resume) take a sparsified model's
+    checkpoint before the model is sparsified: ``<layer>.weight_mask`` entries of layers that have
+    no such buffer yet are left out (the callback's own state carries the masks). Returns the
+    hook handle."""
+
+    def hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        suffix = "." + MASK_BUFFER
+        for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(suffix)]:
+            owner = key[len(prefix):-len(suffix)]
+            try:
+                sub = module.get_submodule(owner)
+            except AttributeError:
+                continue
+            if sub._buffers.get(MASK_BUFFER) is None:
+                del state_dict[key]
+
+    return model.register_load_state_dict_pre_hook(hook)
+
+
 def build_engine(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -51,8 +80,9 @@ def build_engine(
 
     ``saved`` is an engine state from a checkpoint: the run is resuming, and the framework has
     already loaded the trained weights (and possibly the optimizer state). Then the engine is built
-    without touching the weights (``weight_init="keep"``), takes the checkpoint's masks, generator and
-    counters, and the weights and optimizer state found on entry are put back exactly — building an
+    without touching the weights (``weight_init="keep"``), takes the checkpoint's masks (from
+    ``saved["masks"]``, see :func:`engine_checkpoint`, or from the model's ``weight_mask`` buffers
+    when it was sparsified already), generator and counters, and the weights and optimizer state found on entry are put back exactly — building an
     engine draws (and masks with) a fresh topology, which must not leave a trace.
     """
     other = engine_of(model)
@@ -80,8 +110,9 @@ def build_engine(
             raise BrainsparseError(
                 f"the checkpoint's sparse training used method {saved['method']['name']!r}, this callback {engine.method.name!r}"
             )
-        engine.load_state_dict(saved)
-        model.load_state_dict(weights)
+        engine.load_state_dict(saved)  # counters, generator and (from a callback's file) the masks
+        # the weights found on entry; the masks as the saved state (or the entry state) has them
+        model.load_state_dict({**model.state_dict(), **weights})
         if optimizer is not None and optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
     return engine

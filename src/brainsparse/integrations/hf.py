@@ -33,7 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..engine import DynamicSparseEngine
 from ..errors import BrainsparseError
-from ._common import ENGINE_FILE, build_engine, callback_options, unwrap_optimizer
+from ._common import ENGINE_FILE, build_engine, callback_options, engine_checkpoint, unwrap_optimizer
 
 __all__ = ["SparseTrainingCallback", "ENGINE_FILE"]
 
@@ -96,7 +96,7 @@ class SparseTrainingCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
-            torch.save(self.engine.state_dict(), folder / ENGINE_FILE)
+            torch.save(engine_checkpoint(self.engine), folder / ENGINE_FILE)
 
     # ------------------------------------------------------------------ resume
     def _saved_state(self, args, state) -> dict[str, Any]:

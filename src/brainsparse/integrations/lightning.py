@@ -30,7 +30,7 @@ from lightning.pytorch import Callback
 
 from ..engine import DynamicSparseEngine
 from ..errors import BrainsparseError
-from ._common import build_engine, callback_options, unwrap_optimizer
+from ._common import build_engine, callback_options, engine_checkpoint, skip_unowned_masks, unwrap_optimizer
 
 __all__ = ["SparseTrainingCallback"]
 
@@ -57,6 +57,18 @@ class SparseTrainingCallback(Callback):
         self.engine: DynamicSparseEngine | None = None
         self._saved: dict[str, Any] | None = None
         self._hook = None
+        self._load_hook = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # a resume loads the checkpoint's weights (and weight_mask buffers) before on_fit_start
+        # sparsifies the module: leave the masks to this callback's state
+        if self._load_hook is None:
+            self._load_hook = skip_unowned_masks(pl_module)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:
@@ -89,7 +101,7 @@ class SparseTrainingCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         if self.engine is not None:
-            return {"engine": self.engine.state_dict()}
+            return {"engine": engine_checkpoint(self.engine)}
         return {"engine": self._saved} if self._saved is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..engine import DynamicSparseEngine
+from ..engine import MASK_BUFFER, DynamicSparseEngine
 from ..errors import BrainsparseError
 
 
@@ -515,8 +515,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def restore_training_state(state: dict[str, Any], engine: DynamicSparseEngine, model, optimizer) -> None:
-    """Load a checkpoint's engine, model and optimizer state, the engine first (it sizes the
-    sparse layers' link values, which the model and optimizer state then fill)."""
+    """Load a checkpoint's engine, model and optimizer state. The masks are in the model's state
+    (``weight_mask`` buffers, link structure), and model and engine load in either order; the
+    optimizer goes last, after any layer moved to its saved path (``kernel="auto"``). A checkpoint
+    from before the masks moved into the model keeps them in its engine state: the engine installs
+    them, and the model's state is completed with them."""
     engine.load_state_dict(state["engine"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(with_engine_masks(state["model"], state["engine"], model))
     optimizer.load_state_dict(state["optimizer"])
+
+
+def with_engine_masks(model_state: dict[str, Any], engine_state: dict[str, Any], model) -> dict[str, Any]:
+    """``model_state``, completed (for a checkpoint whose engine state still holds the masks) by
+    the ``weight_mask`` buffers ``model`` has after loading that engine state."""
+    if "masks" not in engine_state:
+        return model_state
+    own = {k: v for k, v in model.state_dict().items() if k.endswith("." + MASK_BUFFER) and k not in model_state}
+    return {**model_state, **own}

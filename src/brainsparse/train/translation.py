@@ -29,7 +29,7 @@ from ..report.plots import plot_step_curves
 from .checkpoint import atomic_write, load_checkpoint, read_json_file, write_json, write_text
 from .common import (
     ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
-    stored_config, train_time_s,
+    stored_config, train_time_s, with_engine_masks,
 )
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
@@ -395,7 +395,7 @@ def load_translator(run_folder: str | Path) -> tuple[Seq2SeqTransformer, Vocabul
     state = load_checkpoint(folder / "checkpoint.pt")
     try:
         engine.load_state_dict(state["engine"])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(with_engine_masks(state["model"], state["engine"], model))
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise BrainsparseError(f"checkpoint '{folder / 'checkpoint.pt'}' does not fit the run's model "
                                f"({type(exc).__name__}: {str(exc)[:160]}); it cannot be used") from None
