@@ -88,3 +88,13 @@ def test_bench_peers_without_peers_names_the_extra(monkeypatch, tmp_path, capsys
     monkeypatch.setattr(bp, "installed_peers", lambda: [])
     assert main(["bench", "--peers", "--parts", "memory", "--out", str(tmp_path / "b")]) == 2
     assert "brainsparse[peers]" in capsys.readouterr().err
+
+
+def test_models_part_times_both_paths_of_the_presets():
+    from brainsparse.bench_models import bench_models, markdown_rows
+
+    rows = bench_models(cells=(("llama-tiny", 0.1),), repeats=1)
+    r = rows[0]
+    assert r["dense_step_s"] > 0 and r["sparse_step_s"] > 0 and r["step_speedup"] > 0
+    assert r["dense_sparse_layers"] == 0 and r["sparse_sparse_layers"] == r["layers"] == 14
+    assert "| llama-tiny | 0.1 |" in "\n".join(markdown_rows(rows))

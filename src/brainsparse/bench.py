@@ -312,7 +312,7 @@ def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: fl
 
 
 #: The benchmark parts, in the order they run.
-PARTS = ("layers", "scoring", "memory", "epoch", "decay", "peak", "peers")
+PARTS = ("layers", "scoring", "memory", "epoch", "decay", "peak", "peers", "models")
 
 
 def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
@@ -353,6 +353,10 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
         result["peers"] = bench_peers(
             shapes=((1568, 784), (1568, 1568)) if quick else ((1568, 784), (1568, 1568), (4096, 4096)),
             repeats=5 if quick else 20)
+    if "models" in parts:
+        from .bench_models import CELLS, bench_models
+
+        result["models"] = bench_models(cells=CELLS[::2] if quick else CELLS, repeats=3 if quick else 10)
     result["machine"]["load_average_end"] = _load_average()
     _carry_over(out / "bench.json", result, parts)
     write_json(out / "bench.json", result)

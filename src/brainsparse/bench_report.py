@@ -82,4 +82,8 @@ def markdown(result: dict[str, Any]) -> str:
         from .bench_peers import markdown_rows as peer_rows
 
         lines += peer_rows(result["peers"])
+    if "models" in result:
+        from .bench_models import markdown_rows as model_rows
+
+        lines += model_rows(result["models"])
     return "\n".join(lines)

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks/results", help="folder for bench.json and bench.md")
     bench.add_argument("--parts", type=_str_list, default=["layers", "scoring", "memory", "epoch", "decay"],
                        help="comma-separated: layers, scoring, memory, epoch, decay, peak (peak memory of whole "
-                            "runs, each in its own process; not in the default set), peers")
+                            "runs, each in its own process; not in the default set), peers, models (Transformer and LLaMA "
+                            "training steps, masked vs sparse; not in the default set)")
     bench.add_argument("--peers", action="store_true",
                        help="also time the installed peers (sparselab, SparseProp) per layer in the same process")
     bench.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")

@@ -55,7 +55,7 @@ def _check_bench_results(path: Path, quick: bool) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
 
-    allowed = {"layers", "scoring", "memory", "epoch", "decay", "peak", "peers"}
+    allowed = {"layers", "scoring", "memory", "epoch", "decay", "peak", "peers", "models"}
     if args.peers:
         from .bench_peers import installed_peers
 
