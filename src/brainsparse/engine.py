@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -904,6 +904,7 @@ def sparsify(
     init_data: Tensor | None = None,
     kernel: str = "dense",
     batch_size: int = 32,
+    engine_class: Callable[..., DynamicSparseEngine] | None = None,
     **method_options: Any,
 ) -> DynamicSparseEngine:
     """Make ``model``'s linear layers sparse and return the engine that evolves them.
@@ -927,6 +928,9 @@ def sparsify(
     masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose
     weight and optimizer state exist only at the links) or ``"auto"`` (sparse where the layer's
     starting density is below the measured crossover for ``batch_size``).
+
+    ``engine_class`` builds the engine (default :class:`DynamicSparseEngine`); e.g.
+    :class:`brainsparse.distributed.fsdp.ShardedSparseEngine` for a model wrapped with FSDP2.
     """
     kernel = check_choice(kernel, ("auto", "dense", "sparse"), "kernel")
     density = check_density(density)
@@ -971,7 +975,7 @@ def sparsify(
         attention = infer_attention_blocks(model, names) if config.head_pruning else []
     if seed is None:
         seed = torch.initial_seed() % (2**63)
-    return DynamicSparseEngine(
+    return (engine_class or DynamicSparseEngine)(
         model, optimizer, config, density, layers, chain_list, pairs,
         update_every=update_every or 1, total_steps=total_steps, seed=seed, init_data=init_data,
         kernel=kernel, batch_size=batch_size, attention=attention,
