@@ -97,3 +97,106 @@ def test_fsdp_matches_one_process(tmp_path):
 def test_sparsify_sharded_refuses_unsharded_model():
     with pytest.raises(BrainsparseError, match="fully_shard"):
         sparsify_sharded(_model(), None, method="set", density=0.3, update_every=2, total_steps=4)
+
+
+# ---------------------------------------------------------------------------------- the lm task
+PARTIAL = """
+import json, sys
+from brainsparse.train.common import with_task_defaults
+from brainsparse.train.language_model import LMConfig, train_language_model
+config = with_task_defaults(LMConfig(**json.loads(sys.argv[1])))
+train_language_model(config, sys.argv[2], progress=False, stop_after_evals=1)
+"""
+
+
+def _lm_setup(tmp_path):
+    from test_lm import make_fake_ptb
+
+    data = make_fake_ptb(tmp_path / "ptb")
+    common = ["--task", "lm", "--dataset", "ptb", "--data-dir", str(data), "--method", "chtss", "--density", "0.3",
+              "--steps", "6", "--eval-every", "3", "--update-every", "2", "--batch-size", "4", "--seq-len", "8",
+              "--dropout", "0", "--threads", "1", "--no-progress"]
+    config = {"dataset": "ptb", "data_dir": str(data), "method": "chtss", "density": 0.3, "steps": 6, "eval_every": 3,
+              "update_every": 2, "batch_size": 4, "seq_len": 8, "dropout": 0.0}
+    return common, config
+
+
+def _torchrun(args: list[str], script: bool = False) -> None:
+    import subprocess
+    import sys
+
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    cmd = head + (args if script else ["-m", "brainsparse", "train", *args])
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _summary(folder) -> dict:
+    import json
+
+    return json.loads((folder / "summary.json").read_text())
+
+
+def _close(a: dict, b: dict) -> None:
+    assert abs(a["final_valid_ppl"] / b["final_valid_ppl"] - 1) < 1e-4, (a["final_valid_ppl"], b["final_valid_ppl"])
+    assert a["links"] == b["links"]
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp_lm_equals_one_process_and_resumes_on_one_process(tmp_path):
+    """CHTss on llama-tiny (dropout 0): 2-process FSDP equals one process (validation perplexity
+    within 1e-4 relative); an FSDP run stopped after its first checkpoint (sharded) finishes on
+    one process with the same perplexity."""
+    import json
+
+    from brainsparse.cli import main
+
+    common, config = _lm_setup(tmp_path)
+    _torchrun([*common, "--parallel", "fsdp", "--out", str(tmp_path / "fsdp")])
+    fsdp = _summary(tmp_path / "fsdp")
+    assert fsdp["processes"] == 2 and fsdp["parallel"] == "fsdp"
+    assert any(p.suffix == ".dcp" for p in (tmp_path / "fsdp").iterdir())
+    assert main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    one = _summary(tmp_path / "one")
+    _close(fsdp, one)
+    # 2 → 1: stopped after the checkpoint of step 3, resumed in one process
+    script = tmp_path / "partial.py"
+    script.write_text(PARTIAL)
+    _torchrun([str(script), json.dumps({**config, "parallel": "fsdp"}), str(tmp_path / "cut")], script=True)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    assert main(["train", "--resume", "--out", str(tmp_path / "cut"), "--no-progress", "--threads", "1"]) == 0
+    _close(_summary(tmp_path / "cut"), one)
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_resumes_under_fsdp(tmp_path):
+    """1 → 2: a one-process run stopped after its first checkpoint finishes under torchrun with
+    --parallel fsdp, equal to the uninterrupted one-process run."""
+    from brainsparse.cli import main
+    from brainsparse.train.common import with_task_defaults
+    from brainsparse.train.language_model import LMConfig, train_language_model
+
+    common, config = _lm_setup(tmp_path)
+    train_language_model(with_task_defaults(LMConfig(**config)), tmp_path / "cut", progress=False, stop_after_evals=1)
+    _torchrun(["--resume", "--out", str(tmp_path / "cut"), "--parallel", "fsdp", "--no-progress", "--threads", "1"])
+    resumed = _summary(tmp_path / "cut")
+    assert resumed["parallel"] == "fsdp"
+    assert main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    _close(resumed, _summary(tmp_path / "one"))
+
+
+def test_fsdp_without_torchrun_or_with_unsupported_options_is_refused(tmp_path, monkeypatch, capsys):
+    from brainsparse.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    common, _ = _lm_setup(tmp_path)
+    cases = [
+        ([*common, "--parallel", "fsdp"], "needs several processes: run under torchrun"),
+        ([*common, "--parallel", "fsdp", "--kernel", "sparse"], "--kernel sparse is not supported with --parallel fsdp"),
+        ([*[c if c != "chtss" else "ctre" for c in common], "--parallel", "fsdp"], "does not support method 'ctre'"),
+        (["--task", "classification", "--parallel", "fsdp"], "--parallel does not apply to task 'classification'"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        assert main(["train", *args, "--out", str(tmp_path / f"run{i}")]) != 0
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / f"run{i}").exists()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -88,6 +89,7 @@ def test_sparse_path_two_processes_match_one_process(tmp_path):
                     assert torch.allclose(a[key], b[key], rtol=0, atol=1e-10), f"{method} update {update}: {key}"
 
 
+@pytest.mark.slow
 def test_torchrun_lm_sparse_kernel_equals_one_process(tmp_path):
     """``torchrun --nproc_per_node 2 -m brainsparse train --task lm --kernel sparse`` (DDP
     semantics) reaches the one-process validation perplexity within 1e-4 relative."""
