@@ -87,8 +87,9 @@ def gather_rows(part: Tensor, rows: int, group: dist.ProcessGroup | None = None)
 class ShardedSparseEngine(DynamicSparseEngine):
     """A :class:`DynamicSparseEngine` for a model sharded with FSDP2 (see the module docs).
 
-    ``layer.mask``, ``layer.ever_active`` and ``layer.mask_float`` hold this rank's rows between
-    updates; during :meth:`update`, :meth:`report` and :meth:`state_dict` they are the gathered
+    ``layer.mask`` and ``layer.ever_active`` hold this rank's rows between updates
+    (``layer.mask_float`` is the same bool tensor: multiplying by it zeroes as well, and no float
+    copy is kept); during :meth:`update`, :meth:`report` and :meth:`state_dict` they are the gathered
     full tensors. Build it with :func:`sparsify_sharded`.
 
     Gradients of the sharded weights are masked by :meth:`mask_gradients`, which a training loop
@@ -144,7 +145,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
         for layer in self.layers.values():
             layer.mask = self._slice(layer, layer.mask)
             layer.ever_active = self._slice(layer, layer.ever_active)
-            layer.mask_float = layer.mask.to(layer.weight.dtype)
+            layer.mask_float = layer.mask  # the bool mask multiplies as well: no float copy kept
         self._full = False
 
     def _gather_all(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -235,7 +236,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
     @torch.no_grad()
     def _mask_weights(self) -> None:
         for layer in self.layers.values():
-            local(layer.weight).mul_(self._local_mask(layer).to(layer.weight.dtype))
+            local(layer.weight).mul_(self._local_mask(layer))
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -297,7 +298,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
         fresh = (mask & ~layer.mask)[start:stop]  # layer.mask is still the full mask before the update
         layer.mask = mask.bool()
         part = mask[start:stop]
-        layer.mask_float = part.to(layer.weight.dtype)
+        layer.mask_float = part
         w = layer.weight
         local(w).masked_fill_(fresh, 0.0)
         local(w).mul_(part)
@@ -358,14 +359,16 @@ class ShardedSparseEngine(DynamicSparseEngine):
             self._localize()
         else:
             for layer in self.layers.values():
-                layer.mask_float = layer.mask.to(layer.weight.dtype)
+                layer.mask_float = layer.mask
         self._full = False
 
 
 def shard_model(model: nn.Module, mesh: Any = None, blocks: Sequence[nn.Module] | None = None) -> nn.Module:
-    """Wrap ``model`` with FSDP2: ``fully_shard`` on every block (``blocks``, default the
-    entries of ``model.layers`` when it is a ModuleList), then on the model itself. ``mesh``:
-    a 1-D device mesh (default: all ranks, on CPU or the current CUDA device)."""
+    """Wrap ``model`` with FSDP2: ``fully_shard`` on every unit of ``blocks`` (default: the
+    entries of ``model.layers`` when it is a ModuleList, plus the model's own embedding children
+    and ``lm_head`` unless their weights are tied), then on the model itself. Each unit is
+    gathered only while it runs, so the large vocabulary matrices are not held unsharded for a
+    whole step. ``mesh``: a 1-D device mesh (default: all ranks, on CPU or the current CUDA device)."""
     from torch.distributed.fsdp import fully_shard
 
     if not dist.is_initialized():
@@ -376,6 +379,10 @@ def shard_model(model: nn.Module, mesh: Any = None, blocks: Sequence[nn.Module] 
     if blocks is None:
         layers = getattr(model, "layers", None)
         blocks = list(layers) if isinstance(layers, nn.ModuleList) else []
+        ends = [m for n, m in model.named_children() if isinstance(m, nn.Embedding) or n == "lm_head"]
+        weights = [id(getattr(m, "weight", None)) for m in ends]
+        if len(set(weights)) == len(weights):  # tied weights stay with the root
+            blocks += ends
     for block in blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
