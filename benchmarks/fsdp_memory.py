@@ -149,7 +149,9 @@ def worker(args: argparse.Namespace) -> None:
         "setup_peak_rss_mb": setup_peak,
         "train_peak_rss_mb": max(phases.values()) if phases else None,
         "phase_peak_rss_mb": phases,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the whole life: set-up, then every phase (resetting VmHWM also resets ru_maxrss)
+        "peak_rss_mb": max([setup_peak, *phases.values()]) if phases else
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "model_state_mb": {
             "parameters": _tensor_bytes(params) / 2**20,
             "gradients": _tensor_bytes(p.grad for p in params) / 2**20,

@@ -27,6 +27,7 @@ each rank fills a full temporary of one layer at a time and keeps its rows.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import math
@@ -47,6 +48,17 @@ try:  # torch >= 2.4
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - older torch
     from torch.distributed._tensor import DTensor  # type: ignore[no-redef]
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed to the C allocator back to the system (glibc ``malloc_trim``; a no-op
+    elsewhere). Used after the unsharded model and the full masks of set-up or an update are
+    freed: glibc otherwise keeps such blocks in its heap, and the process's resident memory
+    stays at its high-water mark."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def local(t: Tensor) -> Tensor:
@@ -198,6 +210,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
                     del full
             self.apply_masks()
         self._localize()
+        release_freed_memory()
 
     def _attach_layer(self, layer: SparseLayer) -> None:
         # FSDP2 writes the sharded gradient after its reduce-scatter, so a tensor hook on the
@@ -289,6 +302,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
             return super().update()
         finally:
             self._localize()
+            release_freed_memory()
 
     @torch.no_grad()
     def _set_mask(self, layer: SparseLayer, mask: Tensor, new_links: Tensor | None) -> None:
@@ -386,6 +400,7 @@ def shard_model(model: nn.Module, mesh: Any = None, blocks: Sequence[nn.Module] 
     for block in blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    release_freed_memory()  # the unsharded weights are gone
     return model
 
 
@@ -421,6 +436,7 @@ def sparsify_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None =
 
 
 __all__ = [
-    "ShardedSparseEngine", "default_mesh", "gather_rows", "is_sharded", "local", "row_range", "shard_model",
+    "ShardedSparseEngine", "default_mesh", "gather_rows", "is_sharded", "local", "release_freed_memory", "row_range",
+    "shard_model",
     "sparsify_sharded",
 ]
