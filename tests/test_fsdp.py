@@ -159,6 +159,13 @@ def test_torchrun_fsdp_lm_equals_one_process_and_resumes_on_one_process(tmp_path
     assert main(["train", *common, "--out", str(tmp_path / "one")]) == 0
     one = _summary(tmp_path / "one")
     _close(fsdp, one)
+    # the sharded checkpoint's masks are one process's, bit for bit; analyze reads them
+    from brainsparse.distributed.checkpoint import load_sharded_masks
+
+    sharded = load_sharded_masks(next((tmp_path / "fsdp").glob("*.dcp")))
+    plain = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["engine"]["masks"]
+    assert set(sharded) == set(plain) and all(torch.equal(sharded[n], plain[n]) for n in plain)
+    assert main(["analyze", str(tmp_path / "fsdp")]) == 0
     # 2 → 1: stopped after the checkpoint of step 3, resumed in one process
     script = tmp_path / "partial.py"
     script.write_text(PARTIAL)

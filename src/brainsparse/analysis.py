@@ -82,6 +82,11 @@ def _load_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     except BrainsparseError as exc:
         raise BrainsparseError(f"cannot read checkpoint: {exc}") from None
     engine = state.get("engine") if isinstance(state, dict) else None
+    if isinstance(engine, dict) and "sharded" in state and "masks" not in engine:  # an FSDP run's checkpoint
+        from .distributed.checkpoint import load_sharded_masks, resolve
+
+        engine = {**engine, "masks": load_sharded_masks(resolve(state, run_dir)["sharded_path"])}
+        state = {**state, "engine": engine}
     if not isinstance(engine, dict) or not isinstance(engine.get("masks"), dict):
         raise BrainsparseError(f"checkpoint '{path}' holds no engine masks (expected state['engine']['masks'])")
     masks: dict[str, Tensor] = {}

@@ -156,4 +156,25 @@ def _restore_full_into_sharded(state: dict[str, Any], engine: ShardedSparseEngin
     engine.apply_masks()
 
 
-__all__ = ["SHARDED", "SHARDED_PATH", "resolve", "restore", "save_sharded"]
+def load_sharded_masks(path: str | Path, key: str = "masks") -> dict[str, Tensor]:
+    """The full masks (``key="masks"``) or ``ever_active`` of a sharded checkpoint folder, read
+    in this process alone (no process group needed), e.g. for ``brainsparse analyze``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BrainsparseError(f"sharded checkpoint '{path}' cannot be read ({exc}); restore it") from None
+    prefix = key + "."
+    tensors = {
+        name[len(prefix):]: torch.zeros(tuple(meta.size), dtype=meta.properties.dtype)
+        for name, meta in metadata.state_dict_metadata.items()
+        if name.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
+    }
+    state = {key: tensors}
+    dcp.load(state, checkpoint_id=str(path))
+    return {n: t.bool() for n, t in state[key].items()}
+
+
+__all__ = ["SHARDED", "SHARDED_PATH", "load_sharded_masks", "resolve", "restore", "save_sharded"]
