@@ -412,7 +412,7 @@ def finish_interrupted_swap(out: Path, files: Sequence[str]) -> None:
 
 
 #: config fields a resumed run may take from the caller (where the data is, where to compute)
-RESUME_OVERRIDES = ("data_dir", "device")
+RESUME_OVERRIDES = ("data_dir", "device", "parallel")
 
 
 def stored_config(cls: type, out: Path, given: Any = None) -> Any:
