@@ -163,7 +163,11 @@ def test_torchrun_fsdp_lm_equals_one_process_and_resumes_on_one_process(tmp_path
     from brainsparse.distributed.checkpoint import load_sharded_masks
 
     sharded = load_sharded_masks(next((tmp_path / "fsdp").glob("*.dcp")))
-    plain = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["engine"]["masks"]
+    from brainsparse.engine.state import checkpoint_masks
+
+    saved = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    plain = checkpoint_masks(saved["model"], saved["engine"])  # the one-process masks: the model's weight_mask buffers
+    assert plain
     assert set(sharded) == set(plain) and all(torch.equal(sharded[n], plain[n]) for n in plain)
     assert main(["analyze", str(tmp_path / "fsdp")]) == 0
     # 2 → 1: stopped after the checkpoint of step 3, resumed in one process
