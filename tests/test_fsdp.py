@@ -211,3 +211,24 @@ def test_fsdp_without_torchrun_or_with_unsupported_options_is_refused(tmp_path, 
         assert main(["train", *args, "--out", str(tmp_path / f"run{i}")]) != 0
         assert message in capsys.readouterr().err
         assert not (tmp_path / f"run{i}").exists()
+
+
+def test_row_forms_of_builtin_scores_equal_their_scores():
+    """Scores with a row form (what FSDP computes on each rank's rows) give exactly their plain
+    scores when the rows are scored in uneven blocks, gathered and finished."""
+    from brainsparse.registry import REGROWTH_SCORES, REMOVAL_SCORES, ScoreInput
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    grad = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    mask = torch.rand(7, 5, generator=g) < 0.5
+    scores = [s for s in [*REMOVAL_SCORES.values(), *REGROWTH_SCORES.values()] if s is not None and s.rows]
+    assert len(scores) >= 4  # magnitude, relative importance, MEST, gradient
+    for score in scores:
+        full = ScoreInput("l", mask, lambda: weight, grad=grad)
+        parts = [score.rows.part(ScoreInput("l", mask[a:b], lambda a=a, b=b: weight[a:b], grad=grad[a:b]))
+                 for a, b in (row_range(7, r, 2) for r in range(2))]
+        joined = torch.cat(parts)
+        if score.rows.finish is not None:
+            joined = score.rows.finish(joined, full)
+        assert torch.equal(joined, score.fn(full))
