@@ -112,8 +112,6 @@ class ShardedStorage(MaskedStorage):
         module._buffers.pop(MASK_BUFFER, None)
         module.register_buffer(MASK_BUFFER, buffer)
         self._full: Tensor | None = mask  # held until the engine's set-up releases it
-        self._float = None
-        self._float_of = None
 
     # ------------------------------------------------------------------ masks
     @property
