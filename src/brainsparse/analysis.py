@@ -85,6 +85,10 @@ def _load_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     engine = state.get("engine") if isinstance(state, dict) else None
     model = state.get("model") if isinstance(state, dict) else None
     found = checkpoint_masks(model if isinstance(model, dict) else {}, engine) if isinstance(engine, dict) else {}
+    if not found and isinstance(engine, dict) and "sharded" in state:  # an FSDP run's checkpoint
+        from .distributed.checkpoint import load_sharded_masks, resolve
+
+        found = load_sharded_masks(resolve(state, run_dir)["sharded_path"])
     if not found:
         raise BrainsparseError(f"checkpoint '{path}' holds no layer masks (expected the model's weight_mask buffers "
                                "or link structure, or state['engine']['masks'])")

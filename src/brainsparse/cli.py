@@ -63,6 +63,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--target", default=None, help="target language code (default: de for multi30k)")
     lm = p.add_argument_group("lm")
     lm.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
+    lm.add_argument("--parallel", default=None, choices=["ddp", "fsdp"],
+                    help="under torchrun: ddp (default; replicated weights) or fsdp (FSDP2: weights, masks and optimizer "
+                         "state sharded over the processes)")
     p.add_argument("--device", default=None, help="auto (the GPU when present, default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -235,7 +238,8 @@ def _check_resume_options(args: argparse.Namespace, stored: Path) -> None:
     if not stored.is_file():
         return  # open_run names what is missing
     saved = read_json_file(stored, "run config")
-    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None and k not in ("data_dir", "device")}
+    given = {k: v for k, v in vars(args).items()
+             if k not in _NOT_CONFIG and v is not None and k not in ("data_dir", "device", "parallel")}
     given.update({k: getattr(args, k) for k in ("method", "seed") if getattr(args, k) is not None})
     if args.ch_form is not None:
         given["regrowth_exact"] = args.ch_form == "exact"
@@ -248,7 +252,7 @@ def _check_resume_options(args: argparse.Namespace, stored: Path) -> None:
     if differ:
         raise BrainsparseError(
             "a resumed run keeps the settings it started with, but these options differ: " + "; ".join(differ)
-            + "; allowed with --resume: --out, --data-dir, --device, --threads, --no-progress (or start a new run)"
+            + "; allowed with --resume: --out, --data-dir, --device, --parallel, --threads, --no-progress (or start a new run)"
         )
 
 

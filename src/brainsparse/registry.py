@@ -75,14 +75,29 @@ ScoreFn = Callable[[ScoreInput], Tensor]
 
 
 @dataclass(frozen=True)
+class RowForm:
+    """A score computed on blocks of a layer's rows, so that a row-sharded (FSDP) layer is scored
+    where its rows live and only the partial results travel: ``part(rows)`` maps a
+    :class:`ScoreInput` of some rows (their mask, weight, gradient) to those rows of an
+    intermediate tensor; ``finish(full, layer)``, if given, turns the gathered intermediate into
+    the layer's scores (``layer`` is the full-layer input; only its ``mask`` should be read).
+    Together they must give exactly what the score's ``fn`` gives."""
+
+    part: ScoreFn
+    finish: Callable[[Tensor, ScoreInput], Tensor] | None = None
+
+
+@dataclass(frozen=True)
 class Score:
-    """A registered score: the function, what it needs recorded, and (removal only) an optional
+    """A registered score: the function, what it needs recorded, (removal only) an optional
     form on the link values alone (row-major link order), which the sparse path uses without
-    forming a dense weight; it must rank links exactly as ``fn`` does."""
+    forming a dense weight (it must rank links exactly as ``fn`` does), and an optional
+    :class:`RowForm` for row-sharded layers."""
 
     fn: ScoreFn
     needs: frozenset[str] = field(default_factory=frozenset)
     on_links: Callable[[Tensor], Tensor] | None = None
+    rows: RowForm | None = None
 
 
 @dataclass(frozen=True)
@@ -119,29 +134,31 @@ def _register(kind: str, table: dict[str, Any], name: str, value: Any, overwrite
 
 
 def register_removal_score(name: str, fn: ScoreFn | None = None, *, needs: tuple[str, ...] = (),
-                           on_links: Callable[[Tensor], Tensor] | None = None, overwrite: bool = False):
+                           on_links: Callable[[Tensor], Tensor] | None = None, rows: RowForm | None = None,
+                           overwrite: bool = False):
     """Register ``fn(layer: ScoreInput) -> scores`` as removal score ``name`` (higher = keep).
 
     Usable as a decorator (``@register_removal_score("name")``). ``needs`` lists what the engine
-    must record before an update (``"gradient"``, ``"activations"``). Returns ``fn``.
+    must record before an update (``"gradient"``, ``"activations"``); ``rows`` is an optional
+    :class:`RowForm` (FSDP then scores each rank's rows without gathering weights). Returns ``fn``.
     """
 
     def add(f: ScoreFn) -> ScoreFn:
-        _register("removal score", REMOVAL_SCORES, name, Score(f, _needs(needs), on_links), overwrite)
+        _register("removal score", REMOVAL_SCORES, name, Score(f, _needs(needs), on_links, rows), overwrite)
         return f
 
     return add if fn is None else add(fn)
 
 
 def register_regrowth_score(name: str, fn: ScoreFn | None = None, *, needs: tuple[str, ...] = (),
-                            overwrite: bool = False):
+                            rows: RowForm | None = None, overwrite: bool = False):
     """Register ``fn(layer: ScoreInput) -> scores`` as regrowth score ``name`` (higher = grow first).
 
-    Usable as a decorator; ``needs`` as in :func:`register_removal_score`. Returns ``fn``.
+    Usable as a decorator; ``needs`` and ``rows`` as in :func:`register_removal_score`. Returns ``fn``.
     """
 
     def add(f: ScoreFn) -> ScoreFn:
-        _register("regrowth score", REGROWTH_SCORES, name, Score(f, _needs(needs)), overwrite)
+        _register("regrowth score", REGROWTH_SCORES, name, Score(f, _needs(needs), rows=rows), overwrite)
         return f
 
     return add if fn is None else add(fn)
@@ -221,11 +238,15 @@ def _builtin(kind: str, table: dict[str, Any], name: str, value: Any) -> None:
     _BUILTIN.add((kind, name))
 
 
-_builtin("removal score", REMOVAL_SCORES, "magnitude", Score(_magnitude, on_links=lambda v: v.abs().float()))
-_builtin("removal score", REMOVAL_SCORES, "relative_importance", Score(_relative_importance))
-_builtin("removal score", REMOVAL_SCORES, "mest", Score(_mest, frozenset({"gradient"})))
+_builtin("removal score", REMOVAL_SCORES, "magnitude",
+         Score(_magnitude, on_links=lambda v: v.abs().float(), rows=RowForm(_magnitude)))
+# relative importance from the gathered |W| (it reads the weight only through |W|)
+_builtin("removal score", REMOVAL_SCORES, "relative_importance",
+         Score(_relative_importance, rows=RowForm(_magnitude, lambda full, layer: relative_importance(full, layer.mask))))
+_builtin("removal score", REMOVAL_SCORES, "mest", Score(_mest, frozenset({"gradient"}), rows=RowForm(_mest)))
 _builtin("regrowth score", REGROWTH_SCORES, "random", Score(_random))
-_builtin("regrowth score", REGROWTH_SCORES, "gradient", Score(_gradient, frozenset({"gradient"})))
+_builtin("regrowth score", REGROWTH_SCORES, "gradient",
+         Score(_gradient, frozenset({"gradient"}), rows=RowForm(_gradient)))
 for _name, _variant in (("ch3_l3", "CH3"), ("ch2_l3", "CH2"), ("ch3.1_l3", "CH3.1")):
     _builtin("regrowth score", REGROWTH_SCORES, _name, Score(_cannistraci_hebb(_variant)))
 _builtin("regrowth score", REGROWTH_SCORES, "cosine", Score(_cosine, frozenset({"activations"})))
@@ -237,6 +258,7 @@ _builtin("density schedule", DENSITY_SCHEDULES, "ems", EMSDensity)
 REGULARIZERS["preferential_attachment"] = Regularizer(preferential_attachment_shrink, preferential_attachment_shrink_links)
 
 __all__ = [
-    "DENSITY_SCHEDULES", "REGROWTH_SCORES", "REGULARIZERS", "REMOVAL_SCORES", "Regularizer", "Score", "ScoreInput",
+    "DENSITY_SCHEDULES", "REGROWTH_SCORES", "REGULARIZERS", "REMOVAL_SCORES", "Regularizer", "RowForm", "Score",
+    "ScoreInput",
     "lookup", "register_density_schedule", "register_regrowth_score", "register_removal_score",
 ]

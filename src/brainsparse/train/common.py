@@ -166,7 +166,7 @@ def _hint_name(hint: Any) -> str:
 
 
 #: config fields a resumed run may take from the caller (where the data is, where to compute)
-RESUME_OVERRIDES = ("data_dir", "device")
+RESUME_OVERRIDES = ("data_dir", "device", "parallel")
 
 
 def stored_config(cls: type, out: Path, given: Any = None) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,12 +34,13 @@ from ..report.plots import plot_step_curves
 from . import distributed as dd
 from .checkpoint import load_checkpoint, write_json
 from .common import (
-    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
+    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device, restore_training_state,
     stored_config, train_time_s,
 )
 from .loop import StepRun, run_steps
 from .lr import warmup_cosine
 
+PARALLEL = ("ddp", "fsdp")
 RUN_FILES = ("config.json", "metrics.jsonl", "updates.jsonl", "checkpoint.pt", "summary.json", "curves.png")
 MODELS = (*LLAMA_PRESETS, "hf-llama-tiny")
 #: the spec's LLaMA settings for the Cannistraci-Hebb methods (algorithms.md §9): cosine-annealed
@@ -80,7 +82,8 @@ class LMConfig(ConfigDict):
     recipe: str | None = None  # whose per-task method choices apply: None = the task's recipe, "none" = bare preset
     method_options: dict[str, Any] | None = None  # the recipe's overrides of the method preset (filled at start)
     weight_init: str = "keep"  # the model's own N(0, 0.02²) initialisation, masked
-    kernel: str = "auto"  # auto | dense | sparse (dense under torchrun)
+    kernel: str = "auto"  # auto | dense | sparse (auto is dense under torchrun)
+    parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, masks, optimizer state sharded)
     device: str = "auto"  # auto (GPU when present) | cpu | cuda | cuda:N; under torchrun: cuda:LOCAL_RANK or cpu
     train_subset: int | None = None  # train on the first N tokens only
     eval_batch_size: int = 32
@@ -110,6 +113,7 @@ class LMConfig(ConfigDict):
         if self.kernel not in ("auto", "dense", "sparse"):
             raise BrainsparseError(f"unknown kernel {self.kernel!r}; allowed: auto, dense, sparse")
         resolve_device(self.device)
+        self.check_parallel()
         if self.init is not None and self.init.lower() not in INITS:
             raise BrainsparseError(f"unknown init {self.init!r}; allowed: {', '.join(INITS)}")
         if self.init is not None and self.init.lower() == "csti":
@@ -123,6 +127,24 @@ class LMConfig(ConfigDict):
         if resolve_method(self.method, **self.method_overrides()).init == "csti":
             raise BrainsparseError(f"method {self.method!r} starts from CSTI, which needs input features; a language "
                                    "model's sparse layers see hidden states: pass --init uniform, er, erk, bsw, bsf or brf")
+
+    def check_parallel(self) -> None:
+        """Refuse a ``parallel`` mode this run cannot use (naming the value)."""
+        if self.parallel not in PARALLEL:
+            raise BrainsparseError(f"unknown parallel mode {self.parallel!r}; allowed: {', '.join(PARALLEL)}")
+        if self.parallel != "fsdp":
+            return
+        if self.kernel == "sparse":
+            raise BrainsparseError("--kernel sparse is not supported with --parallel fsdp (sparse-path parameters change "
+                                   "shape at every update); allowed with fsdp: --kernel dense or auto")
+        method = resolve_method(self.method, **self.method_overrides())
+        for what, value, ok in (("regrowth", method.regrowth, method.regrowth != "cosine"),
+                                ("head pruning", method.head_pruning, not method.head_pruning),
+                                ("regularizer", method.regularizer, method.regularizer == "none")):
+            if method.sparse and not ok:
+                raise BrainsparseError(
+                    f"--parallel fsdp does not support method {self.method!r} ({what} {value!r}: it needs unsharded "
+                    "weights or activations); allowed with fsdp: dense, static, set, rigl, mest, granet, cht, chts, chtss")
 
     def method_overrides(self) -> dict[str, Any]:
         """The LLaMA settings of the spec and the options that change the method preset."""
@@ -215,20 +237,41 @@ class _LMRun:
                 f"allowed: a multiple of {ctx.world_size}")
         torch.manual_seed(config.seed)
         self.model = build_model(config, corpus.vocab_size).to(ctx.device)
+        #: FSDP2 (weights, masks and optimizer state sharded over the ranks)
+        self.fsdp = ctx.distributed and config.parallel == "fsdp"
+        #: DDP semantics on the sparse kernel path: gradients averaged by hand after backward
+        self.manual_dp = ctx.distributed and not self.fsdp and config.kernel == "sparse"
+        self.mesh = None
+        if self.fsdp:
+            from ..distributed.fsdp import default_mesh, shard_model
+
+            self.mesh = default_mesh()
+            shard_model(self.model, self.mesh)
         self.optimizer = adamw(self.model, config.lr, config.weight_decay)
         method = resolve_method(config.method, **config.method_overrides())
         kernel = config.kernel
-        if ctx.distributed:
+        if ctx.distributed and not self.manual_dp:
             if kernel == "sparse":
-                raise BrainsparseError("kernel 'sparse' is not supported under torchrun (DDP needs parameters of a fixed "
-                                       "shape); allowed there: dense, auto")
+                raise BrainsparseError("kernel 'sparse' is not supported with --parallel fsdp; allowed there: dense, auto")
             kernel = "dense"
-        self.engine = sparsify_llama(
-            self.model, self.optimizer, method=method, density=config.density, update_every=config.update_every,
-            total_steps=config.steps, seed=config.seed, kernel=kernel, batch_size=config.batch_size * config.seq_len,
-        )
+        options: dict[str, Any] = {
+            "method": method, "density": config.density, "update_every": config.update_every,
+            "total_steps": config.steps, "seed": config.seed, "kernel": kernel,
+            "batch_size": config.batch_size * config.seq_len,
+        }
+        if self.fsdp:
+            from ..distributed.fsdp import sparsify_sharded
+
+            options.pop("kernel")
+            self.engine = sparsify_sharded(self.model, self.optimizer, sparsify_fn=sparsify_llama, **options)
+        else:
+            self.engine = sparsify_llama(self.model, self.optimizer, **options)
         self.net: nn.Module = self.model
-        if ctx.distributed:
+        if self.manual_dp:
+            from ..distributed.data_parallel import broadcast_parameters
+
+            broadcast_parameters(self.model)
+        elif ctx.distributed and not self.fsdp:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         dd.seed_rank_rng(config.seed, ctx)
@@ -247,21 +290,51 @@ class _LMRun:
         return self.config.lr * warmup_cosine(step - 1, self.config.steps, self.config.warmup, self.config.min_lr_ratio)
 
     def evaluate(self, split: str = "valid") -> dict[str, float]:
+        # FSDP: every rank runs every forward (its collectives need all ranks), so each rank
+        # evaluates the whole split in one process's order
+        ctx = dataclasses.replace(dd.DistContext(), device=self.ctx.device) if self.fsdp else self.ctx
         nll, count = evaluate_nll(self.model, self.corpus.splits[split], self.config.seq_len,
-                                  self.config.eval_batch_size, self.ctx)
+                                  self.config.eval_batch_size, ctx)
         return ppl_metrics(split, nll, count, self.corpus)
 
+    def after_backward(self) -> None:
+        if self.fsdp:
+            self.engine.mask_gradients()  # type: ignore[attr-defined]  # before clipping, as in one process
+        elif self.manual_dp:
+            from ..distributed.data_parallel import average_gradients
+
+            average_gradients(self.model)
+
     def before_engine_step(self) -> None:
-        if self.engine.is_update_step(self.engine.step_count + 1):
+        # FSDP: the shards' gradients are already averaged (reduce-scatter) and every rank decides
+        if not self.fsdp and self.engine.is_update_step(self.engine.step_count + 1):
             dd.allreduce_dense_grads(self.engine, self.ctx)
 
     def after_engine_step(self, update: dict[str, Any] | None) -> None:
-        if update is not None:
+        if update is not None and not self.fsdp:
             dd.broadcast_engine(self.engine, self.ctx)
 
+    def save_state(self, out: Path, extra: dict[str, Any]) -> None:
+        """FSDP: a sharded checkpoint (every rank writes its shards)."""
+        from ..distributed.checkpoint import save_sharded
+
+        save_sharded(out, self.model, self.optimizer, self.engine, extra, self.mesh)  # type: ignore[arg-type]
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint: sharded ones (and one-process ones into FSDP) through
+        :mod:`brainsparse.distributed.checkpoint`."""
+        from ..distributed.checkpoint import SHARDED, restore
+
+        if SHARDED in state or self.fsdp:
+            restore(state, self.engine, self.model, self.optimizer, self.mesh)
+        else:
+            restore_training_state(state, self.engine, self.model, self.optimizer)
+
     def step_run(self) -> StepRun:
-        return StepRun(self.model, self.optimizer, self.engine, self.batch_at, self.loss_of, self.lr_at,
-                       self.evaluate, grad_clip=self.config.grad_clip)
+        run = StepRun(self.model, self.optimizer, self.engine, self.batch_at, self.loss_of, self.lr_at,
+                      self.evaluate, grad_clip=self.config.grad_clip)
+        run.load_state_dict = self.load_state  # type: ignore[method-assign]
+        return run
 
 
 def ppl_metrics(split: str, nll: float, count: int, corpus: Corpus) -> dict[str, float]:
@@ -290,6 +363,10 @@ def train_language_model(
     ``resume=True``, on any number of processes).
     """
     out = Path(out)
+    if not resume and config.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise BrainsparseError("--parallel fsdp needs several processes: run under torchrun (e.g. torchrun "
+                               "--nproc-per-node 2 -m brainsparse train --task lm --parallel fsdp ...); allowed in one "
+                               "process: --parallel ddp (the default, which then trains in plain single-process mode)")
     if dd.env_rank() == 0:  # checks the folder before anything is written
         config = open_run(config, out, RUN_FILES, resume, overwrite)
     else:  # rank 0 may already be writing the folder: only read the stored config
@@ -303,7 +380,9 @@ def train_language_model(
     run = _LMRun(config, corpus, ctx)
     state = None
     if resume:
-        state = load_checkpoint(out / "checkpoint.pt")
+        from ..distributed.checkpoint import resolve
+
+        state = resolve(load_checkpoint(out / "checkpoint.pt"), out)
         if ctx.rank > 0:
             state["rng_state"] = torch.get_rng_state()  # this rank's own dropout stream
     with RunFolder(out, RUN_FILES, resume=resume, overwrite=overwrite, lock=ctx.is_main) as folder:
@@ -314,10 +393,13 @@ def train_language_model(
             config=dataclasses.asdict(config), state=state, progress=progress, stop_after_evals=stop_after_evals,
             progress_keys=(("valid_ppl", "valid ppl"),), is_writer=ctx.is_main, before_engine_step=run.before_engine_step,
             after_engine_step=run.after_engine_step, on_checkpoint=folder.started if ctx.is_main else None,
+            after_backward=run.after_backward, save_state=run.save_state if run.fsdp else None,
         )
         done = bool(history) and history[-1]["step"] == config.steps
         test = run.evaluate("test") if done else {}
         summary = summarize(config, corpus, history, wall, test, ctx.world_size)
+        if ctx.distributed:
+            summary["parallel"] = "fsdp" if run.fsdp else "ddp"
         if ctx.is_main and history:
             plot_step_curves(history, folder.path / "curves.png", score="valid_ppl", title=_title(config), log_score=True)
             if done:

@@ -84,6 +84,8 @@ def run_steps(
     before_engine_step: Callable[[], None] | None = None,
     after_engine_step: Callable[[dict[str, Any] | None], None] | None = None,
     on_checkpoint: Callable[[], Path] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    save_state: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train ``run`` up to ``steps`` optimizer steps; returns (history, wall time in seconds).
 
@@ -99,6 +101,10 @@ def run_steps(
     ``after_engine_step(record)`` right after it with the update record or None (e.g. to
     broadcast rank 0's topology). ``on_checkpoint()`` runs after each checkpoint and returns the
     folder to write into from then on (a staged ``--overwrite`` run is swapped in there).
+    ``after_backward()`` runs right after ``loss.backward()``, before gradient clipping (e.g. to
+    average gradients over the ranks, or to mask sharded gradients). ``save_state(out, extra)``,
+    when given, writes the checkpoint instead of ``run.state_dict()`` on the writer: it runs on
+    every rank (a collective, e.g. a sharded checkpoint) with the run's bookkeeping ``extra``.
     A loss that is no longer finite stops the run with :class:`BrainsparseError`; the last
     checkpoint stays as it was.
     """
@@ -144,6 +150,8 @@ def run_steps(
             raise BrainsparseError(f"training diverged: the training loss became {value} at step {step}; "
                                    f"{kept}; try a lower --lr")
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         if run.grad_clip:
             nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
         run.optimizer.step()
@@ -167,14 +175,14 @@ def run_steps(
             )
             history.append(record)
             wall += time.perf_counter() - t0
-            if is_writer:
-                save_checkpoint(
-                    out / "checkpoint.pt",
-                    {**run.state_dict(), "step": step, "history": history, "wall_time_s": wall,
-                     "rng_state": torch.get_rng_state(),
+            extra = {"step": step, "history": history, "wall_time_s": wall, "rng_state": torch.get_rng_state(),
                      "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                     "config": config},
-                )
+                     "config": config}
+            if save_state is not None:
+                save_state(out, extra)
+            elif is_writer:
+                save_checkpoint(out / "checkpoint.pt", {**run.state_dict(), **extra})
+            if is_writer:
                 write_jsonl(out / "metrics.jsonl", history)
                 write_jsonl(out / "updates.jsonl", run.engine.history)  # one row per topology update
                 if on_checkpoint is not None:
