@@ -151,6 +151,11 @@ def test_reproduce_writes_report_beside_the_paper(small_mnist, tmp_path):
     assert list(partial["methods"]) == ["set"] and partial["missing"] == ["rigl-s0", "rigl-s1"]
     assert not (out / "rigl-s0").exists()
     assert "Not finished yet" in (out / "report.md").read_text()
+    single = reproduce("mlp-mnist", methods=["set"], seeds=[1], epochs=1, out=out, progress=False,
+                       report_only=True, data_dir=str(small_mnist), **_tiny_mlp())
+    assert len(single["methods"]["set"]["seeds"]) == 1
+    set_row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| set |"))
+    assert "(seed 1)" in set_row and "±" not in set_row  # one seed: no spread shown
 
 
 def _tiny_mlp():

@@ -184,9 +184,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["methods"].items():
-        ours = f"{_fmt(row['final_mean'], task)} ± {_fmt(row['final_sd'], task)}"
         done = row.get("seeds", [])
-        if done and len(done) != len(r["seeds"]):  # a method with fewer finished seeds than asked for
+        ours = _fmt(row["final_mean"], task)
+        if len(done) != 1:  # one seed has no spread to show
+            ours += f" ± {_fmt(row['final_sd'], task)}"
+        if done and (len(done) == 1 or len(done) != len(r["seeds"])):  # which seeds, when not all asked for
             ours += f" (seed{'s' if len(done) > 1 else ''} {', '.join(str(x['seed']) for x in done)})"
         delta = "—" if row.get("vs_dense_pct") is None or name == "dense" else f"{row['vs_dense_pct']:+.2f} %"
         paper = row.get("paper")
