@@ -3,11 +3,13 @@ and equal to one process trained on the same global batches; the lm task under t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +29,33 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def assert_same_on_ranks(snap: dict[str, torch.Tensor], ctx: dd.DistContext) -> None:
+    """Every tensor of ``snap`` is the same on every rank (bit for bit)."""
+    for key, value in snap.items():
+        gathered = [torch.empty_like(value) for _ in range(ctx.world_size)]
+        dist.all_gather(gathered, value.contiguous())
+        assert all(torch.equal(gathered[0], v) for v in gathered[1:]), f"rank mismatch in {key}"
+
+
+def _run_worker(rank: int, world: int, port: int, out: str, train: Callable, methods: Sequence[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = dd.init_distributed()
+    try:
+        snapshots = {m: train(m, ctx) for m in methods}
+        if rank == 0:
+            torch.save(snapshots, out)
+    finally:
+        dd.shutdown(ctx)
+
+
+def spawn_two(train: Callable, methods: Sequence[str], out: Path) -> dict:
+    """``{method: train(method, ctx)}`` of rank 0 of two gloo processes (``train`` picklable)."""
+    mp.spawn(_run_worker, args=(2, _free_port(), str(out), train, tuple(methods)), nprocs=2, join=True)
+    return torch.load(out, weights_only=False)
 
 
 def _train(method: str, ctx: dd.DistContext, check_ranks: bool) -> list[dict[str, torch.Tensor]]:
@@ -56,10 +85,7 @@ def _train(method: str, ctx: dd.DistContext, check_ranks: bool) -> list[dict[str
         snap.update({f"param:{n}": p.detach().clone() for n, p in model.named_parameters()})
         snap.update({f"adam:{n}": opt.state[l.weight]["exp_avg"].clone() for n, l in engine.layers.items()})
         if check_ranks:
-            for key, value in snap.items():
-                gathered = [torch.empty_like(value) for _ in range(ctx.world_size)]
-                dist.all_gather(gathered, value.contiguous())
-                assert all(torch.equal(gathered[0], v) for v in gathered[1:]), f"rank mismatch in {key}"
+            assert_same_on_ranks(snap, ctx)
         snapshots.append(snap)
     assert len(snapshots) == STEPS // EVERY
     return snapshots
@@ -68,23 +94,8 @@ def _train(method: str, ctx: dd.DistContext, check_ranks: bool) -> list[dict[str
 METHODS = ("chtss", "rigl")  # CH regrowth with soft sampling; dense-gradient regrowth (all-reduced scores)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dd.init_distributed()
-    try:
-        snapshots = {m: _train(m, ctx, check_ranks=True) for m in METHODS}
-        if rank == 0:
-            torch.save(snapshots, out)
-    finally:
-        dd.shutdown(ctx)
-
-
 def test_two_processes_match_each_other_and_one_process(tmp_path):
-    out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    ddp_runs = torch.load(out, weights_only=False)
+    ddp_runs = spawn_two(functools.partial(_train, check_ranks=True), METHODS, tmp_path / "ddp.pt")
     for method in METHODS:
         ddp, single = ddp_runs[method], _train(method, dd.DistContext(), check_ranks=False)
         assert len(ddp) == len(single) == STEPS // EVERY

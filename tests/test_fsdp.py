@@ -8,9 +8,7 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_distributed import BATCH, EVERY, STEPS, VOCAB, _free_port, _train
+from test_distributed import BATCH, EVERY, STEPS, VOCAB, _free_port, _train, assert_same_on_ranks, spawn_two
 from torch.nn import functional as F
 
 from brainsparse.distributed.fsdp import (
@@ -56,32 +54,14 @@ def _train_fsdp(method: str, ctx: dd.DistContext) -> list[dict[str, torch.Tensor
         snap = {f"mask:{n}": m for n, m in engine.full_masks().items()}
         snap.update({f"param:{n}": p.detach().full_tensor() for n, p in model.named_parameters()})
         snap.update({f"adam:{n}": opt.state[l.weight]["exp_avg"].full_tensor() for n, l in engine.layers.items()})
-        for key, value in snap.items():  # the same on every rank (masks: bit for bit)
-            gathered = [torch.empty_like(value) for _ in range(ctx.world_size)]
-            dist.all_gather(gathered, value.contiguous())
-            assert all(torch.equal(gathered[0], v) for v in gathered[1:]), f"rank mismatch in {key}"
+        assert_same_on_ranks(snap, ctx)  # masks bit for bit
         snapshots.append(snap)
     assert len(snapshots) == STEPS // EVERY
     return snapshots
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dd.init_distributed()
-    try:
-        snapshots = {m: _train_fsdp(m, ctx) for m in METHODS}
-        if rank == 0:
-            torch.save(snapshots, out)
-    finally:
-        dd.shutdown(ctx)
-
-
 def test_fsdp_matches_one_process(tmp_path):
-    out = tmp_path / "fsdp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    runs = torch.load(out, weights_only=False)
+    runs = spawn_two(_train_fsdp, METHODS, tmp_path / "fsdp.pt")
     for method in METHODS:
         sharded, single = runs[method], _train(method, dd.DistContext(), check_ranks=False)
         assert len(sharded) == len(single) == STEPS // EVERY

@@ -11,8 +11,6 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn import functional as F
 
 from brainsparse.distributed.data_parallel import average_gradients, broadcast_parameters
@@ -20,7 +18,7 @@ from brainsparse.kernels import SparseLinear
 from brainsparse.models.llama import LlamaLM, llama_config
 from brainsparse.train import distributed as dd
 from brainsparse.train.language_model import adamw, sparsify_llama
-from test_distributed import BATCH, EVERY, STEPS, VOCAB, _free_port
+from test_distributed import BATCH, EVERY, STEPS, VOCAB, _free_port, assert_same_on_ranks, spawn_two
 
 METHODS = ("chtss", "rigl")  # CH regrowth (link count changes with the density schedule); dense-gradient regrowth
 
@@ -52,32 +50,14 @@ def _train(method: str, ctx: dd.DistContext) -> list[dict[str, torch.Tensor]]:
         snap.update({f"param:{n}": p.detach().clone() for n, p in model.named_parameters()})
         snap.update({f"adam:{n}": opt.state[l.param]["exp_avg"].clone() for n, l in engine.layers.items()})
         if ctx.distributed:
-            for key, value in snap.items():
-                gathered = [torch.empty_like(value) for _ in range(ctx.world_size)]
-                dist.all_gather(gathered, value.contiguous())
-                assert all(torch.equal(gathered[0], v) for v in gathered[1:]), f"rank mismatch in {key}"
+            assert_same_on_ranks(snap, ctx)
         snapshots.append(snap)
     assert len(snapshots) == STEPS // EVERY
     return snapshots
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = dd.init_distributed()
-    try:
-        snapshots = {m: _train(m, ctx) for m in METHODS}
-        if rank == 0:
-            torch.save(snapshots, out)
-    finally:
-        dd.shutdown(ctx)
-
-
 def test_sparse_path_two_processes_match_one_process(tmp_path):
-    out = tmp_path / "sparse-ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    runs = torch.load(out, weights_only=False)
+    runs = spawn_two(_train, METHODS, tmp_path / "sparse-ddp.pt")
     for method in METHODS:
         two, one = runs[method], _train(method, dd.DistContext())
         for update, (a, b) in enumerate(zip(two, one)):

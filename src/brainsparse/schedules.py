@@ -8,6 +8,7 @@ density schedule classes wrap them in the shape of a learning-rate scheduler (``
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 from ._validation import check_choice
@@ -73,7 +74,7 @@ def density_at(update: int, n_updates: int, start: float, target: float, schedul
 
 
 # ---------------------------------------------------------------------------- density schedules
-class DensitySchedule:
+class DensitySchedule(ABC):
     """The network-wide density over a run, stepped like a learning-rate scheduler.
 
     :meth:`step` moves to an optimizer step (the next one, or the one given) and returns
@@ -91,9 +92,9 @@ class DensitySchedule:
         self.t_end = t_end
         self.last_step = 0
 
+    @abstractmethod
     def at(self, step: int) -> tuple[float | None, float]:
         """``(prune_to, density)`` at optimizer step ``step``."""
-        raise NotImplementedError
 
     def step(self, step: int | None = None) -> tuple[float | None, float]:
         """Advance to ``step`` (default: the next step) and return :meth:`at` there."""
