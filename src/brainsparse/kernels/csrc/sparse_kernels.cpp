@@ -560,8 +560,9 @@ void spmm_tt(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, 
 template <typename T>
 void chain_forward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                    const T* const* vals, const T* const* bias, const uint8_t* relu, const T* x, T* const* acts, T* y) {
-  i64 work = N * (dims[0] + dims[L]);
-  for (i64 l = 0; l < L; ++l) work += crow[l][dims[l + 1]] * N;
+  // threads as the single-layer passes would use them: when one layer's pass has enough work
+  i64 work = 0;
+  for (i64 l = 0; l < L; ++l) work = std::max(work, crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
 #pragma omp parallel if (go_parallel(work))
   {
     transpose<T>(x, acts[0], N, dims[0]);  // implicit barriers after each pass
@@ -579,8 +580,8 @@ void chain_backward(i64 L, i64 N, const i64* dims, const i64* const* crow, const
                     const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol, const T* const* vals,
                     const uint8_t* relu, const T* const* acts, const T* gy, T* const* gv, T* const* gb, T* gx,
                     T* scratch_a, T* scratch_b) {
-  i64 work = N * (dims[0] + dims[L]);
-  for (i64 l = 0; l < L; ++l) work += 2 * crow[l][dims[l + 1]] * N;
+  i64 work = 0;
+  for (i64 l = 0; l < L; ++l) work = std::max(work, 2 * crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
 #pragma omp parallel if (go_parallel(work))
   {
     T* g = scratch_a;  // private to each thread; every thread swaps its own pair alike
