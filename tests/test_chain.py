@@ -107,3 +107,35 @@ def test_chain_follows_changed_structure():
     after_fused = model(x)
     after_layers = model.layers(x)
     assert torch.equal(after_fused, after_layers) and not torch.equal(before, after_fused)
+
+
+def test_idle_engine_recorders_let_the_chain_run_and_act_before_updates():
+    """RigL's gradient recorder is idle except on the batch before an update: the chain runs
+    then (same numbers), and the recorder still captures the dense gradient when due."""
+    from brainsparse import sparsify
+    from brainsparse.kernels import chain
+
+    torch.manual_seed(0)
+    model = MLP([30, 40, 40, 4])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine = sparsify(model, opt, method="rigl", density=0.2, kernel="sparse", update_every=3, total_steps=30)
+    calls = []
+    original = chain.sparse_relu_chain
+
+    def spy(x, layers, relu):
+        calls.append(len(layers))
+        return original(x, layers, relu)
+
+    chain.sparse_relu_chain = spy
+    try:
+        x, y = torch.randn(16, 30), torch.randint(0, 4, (16,))
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            engine.step()
+    finally:
+        chain.sparse_relu_chain = original
+    # steps 1 and 2 fused both hidden layers; step 3 (before the update) ran them as modules
+    assert calls == [2, 2]
+    assert len(engine.history) == 1 and engine.history[0]["layers"]

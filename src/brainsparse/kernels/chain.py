@@ -28,7 +28,18 @@ from . import _cpu_ext
 from .backend import resolve
 from .layer import SparseLinear
 
-__all__ = ["chain_eligible", "sequential_forward", "sparse_relu_chain"]
+__all__ = ["chain_eligible", "idle_when", "sequential_forward", "sparse_relu_chain"]
+
+#: Attribute of a forward hook: a predicate ``(module) -> bool`` that is true while the hook would
+#: do nothing (the engine's recorders, which act only on the batch before a topology update).
+IDLE = "brainsparse_idle"
+
+
+def idle_when(hook: Any, predicate: Any) -> Any:
+    """Mark a forward hook as doing nothing while ``predicate(module)`` holds, so that a fused
+    chain may skip it then; returns the hook."""
+    setattr(hook, IDLE, predicate)
+    return hook
 
 
 class _Link:
@@ -131,9 +142,19 @@ def sparse_relu_chain(x: Tensor, layers: Sequence[SparseLinear], relu: Sequence[
     return _SparseReluChain.apply(x, links, kernels, *params)
 
 
+def _quiet(hooks: dict[int, Any], module: nn.Module) -> bool:
+    for hook in hooks.values():
+        idle = getattr(hook, IDLE, None)
+        if idle is None or not idle(module):
+            return False
+    return True
+
+
 def _no_hooks(module: nn.Module) -> bool:
-    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+    """No hook on ``module`` would act now (idle engine recorders do not count)."""
+    return ((not module._forward_hooks or _quiet(module._forward_hooks, module))
+            and (not module._forward_pre_hooks or _quiet(module._forward_pre_hooks, module))
+            and not module._backward_hooks and not module._backward_pre_hooks)
 
 
 def _global_hooks() -> bool:
