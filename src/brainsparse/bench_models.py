@@ -25,18 +25,20 @@ CELLS: tuple[tuple[str, float], ...] = (("transformer-small", 0.1), ("transforme
 
 def _translation(kernel: str, density: float, seed: int) -> tuple[nn.Module, Any, Callable[[], Tensor]]:
     from .engine import sparsify
+    from .models.functional import label_smoothed_cross_entropy
     from .models.transformer import Seq2SeqTransformer, transformer_config
+    from .train.common import fused_optimizer_options
 
     torch.manual_seed(seed)
     model = Seq2SeqTransformer(transformer_config("small", 5000))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, **fused_optimizer_options("cpu"))
     engine = sparsify(model, opt, method="set", density=density, update_every=10**9, total_steps=10**9,
                       pairs=model.sparse_pairs(), seed=seed, kernel=kernel, batch_size=512)
     gen = torch.Generator().manual_seed(seed)
     src, tgt = torch.randint(4, 5000, (32, 16), generator=gen), torch.randint(4, 5000, (32, 17), generator=gen)
 
     def loss() -> Tensor:
-        return F.cross_entropy(model(src, tgt[:, :-1]).flatten(0, 1), tgt[:, 1:].flatten(), label_smoothing=0.1)
+        return label_smoothed_cross_entropy(model(src, tgt[:, :-1]).flatten(0, 1), tgt[:, 1:].flatten(), 0.1, 0)
 
     return engine, opt, loss
 

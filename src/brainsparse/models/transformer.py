@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import BrainsparseError
+from ..kernels.grouped import grouped_linear
+from .functional import Dropout, attention
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,29 @@ class MultiHeadAttention(nn.Module):
 
     def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Per-head keys and values (B, heads, S, d/heads) of ``memory``."""
-        return self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
+        k, v = grouped_linear(memory, (self.k_proj, self.v_proj))
+        return self._split(k), self._split(v)
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention of queries from ``x`` over given per-head keys and values."""
-        y = F.scaled_dot_product_attention(
-            self._split(self.q_proj(x)), k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        return self._heads(self._split(self.q_proj(x)), k, v, mask)
+
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         b, h, t, dh = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h * dh))
 
     def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """``mask``: bool (B, 1, 1, S) or (B, 1, T, S), True where attention is allowed."""
+        """``mask``: bool (B, 1, 1, S) or (B, 1, T, S), True where attention is allowed. With
+        ``memory is x`` (self-attention) the three projections run as one sparse call
+        (:func:`~brainsparse.kernels.grouped.grouped_linear`) on the sparse path."""
         if causal:
             t = x.shape[1]
             allowed = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             mask = allowed if mask is None else mask & allowed
+        if memory is x:
+            q, k, v = grouped_linear(x, (self.q_proj, self.k_proj, self.v_proj))
+            return self._heads(self._split(q), self._split(k), self._split(v), mask)
         return self.attend(x, *self.keys_values(memory), mask)
 
 
@@ -102,7 +111,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn)
         self.fc2 = nn.Linear(ffn, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
@@ -114,7 +123,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
         self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
         h = self.norm1(x)
@@ -129,7 +138,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, tgt_mask: Tensor | None) -> Tensor:
         h = self.norm1(y)
@@ -177,7 +186,7 @@ class Seq2SeqTransformer(nn.Module):
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.generator = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.generator.weight = self.embed.weight  # tied (joint vocabulary)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
