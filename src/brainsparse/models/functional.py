@@ -16,9 +16,10 @@ the shared, non-sparse work decides how much the sparse projections can gain:
   written out, ``softmax(q kᵀ / √d + mask) v`` with :func:`dropout` on the weights, is faster.
   Without dropout (evaluation, beam search) and on other devices: SDPA itself.
 * :func:`label_smoothed_cross_entropy`: ``F.cross_entropy(..., label_smoothing=ε,
-  ignore_index=i)`` as one autograd function: the loss from the log-sum-exp, the row mean and the
-  target logit; the gradient ``(softmax - (1 - ε) onehot - ε / V) / n`` in one pass, instead of a
-  saved log-softmax and three backward passes over the (tokens × vocabulary) logits.
+  ignore_index=i)`` as one autograd function: the loss from the log-softmax's row means and target
+  entries; the gradient ``(softmax - (1 - ε) onehot - ε / V) / n`` from the saved log-softmax in
+  three in-place passes, instead of the separate backward passes of the NLL, the smoothing term
+  and the log-softmax over the (tokens × vocabulary) logits.
 """
 
 from __future__ import annotations
@@ -93,34 +94,37 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: f
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, smoothing: float, ignore_index: int) -> Tensor:
-        lse = torch.logsumexp(logits, dim=1)
         valid = target != ignore_index
-        picked = logits.gather(1, target.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
-        per_row = (1.0 - smoothing) * (lse - picked) + smoothing * (lse - logits.mean(1))
+        classes = logits.shape[1]
+        if bool(((target < 0) | (target >= classes))[valid].any()):
+            raise IndexError(f"target out of bounds: {classes} classes")
+        index = torch.where(valid, target, 0)[:, None]
+        logp = torch.log_softmax(logits, dim=1)
+        per_row = -(1.0 - smoothing) * logp.gather(1, index)[:, 0] - smoothing * logp.mean(1)
         count = valid.sum()
-        loss = torch.where(valid, per_row, 0.0).sum() / count
-        ctx.save_for_backward(logits, target, lse, valid, count)
+        ctx.save_for_backward(logp, index, valid, count)
         ctx.smoothing = smoothing
-        return loss
+        return torch.where(valid, per_row, 0.0).sum() / count
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        logits, target, lse, valid, count = ctx.saved_tensors
+        logp, index, valid, count = ctx.saved_tensors
         eps = ctx.smoothing
-        row_scale = torch.where(valid, grad / count, 0.0).to(logits.dtype)[:, None]
-        g = torch.exp(logits - lse[:, None])
+        scale = torch.where(valid, grad / count, 0.0).to(logp.dtype)[:, None]
+        g = torch.exp(logp)  # the softmax
         if eps:
-            g.sub_(eps / logits.shape[1])
-        g.scatter_add_(1, target.clamp(0, logits.shape[1] - 1)[:, None],
-                       torch.full_like(lse[:, None], -(1.0 - eps)))
-        return g.mul_(row_scale), None, None, None
+            g.sub_(eps / logp.shape[1])
+        g.mul_(scale)
+        g.scatter_add_(1, index, scale * -(1.0 - eps))
+        return g, None, None, None
 
 
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0,
                                  ignore_index: int = -100) -> Tensor:
     """``F.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=smoothing)``
     (mean over the targets not ignored) for ``(N, V)`` logits and ``(N,)`` class indices, with a
-    one-pass gradient (see the module text); other shapes and dtypes: ``F.cross_entropy``."""
-    if logits.dim() != 2 or target.dim() != 1 or logits.dtype not in _FAST_DTYPES:
+    one-pass gradient on CPU (see the module text); other shapes, dtypes and devices:
+    ``F.cross_entropy``."""
+    if logits.dim() != 2 or target.dim() != 1 or logits.device.type != "cpu" or logits.dtype not in _FAST_DTYPES:
         return F.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=smoothing)
     return _SmoothedCrossEntropy.apply(logits, target, float(smoothing), int(ignore_index))

@@ -140,10 +140,13 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, tgt_mask: Tensor | None) -> Tensor:
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, tgt_mask: Tensor | None,
+                memory_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``memory_kv``: the cross-attention's keys and values of ``memory``, if already made."""
         h = self.norm1(y)
         y = y + self.dropout(self.self_attn(h, h, tgt_mask, causal=True))
-        y = y + self.dropout(self.cross_attn(self.norm2(y), memory, src_mask))
+        kv = memory_kv if memory_kv is not None else self.cross_attn.keys_values(memory)
+        y = y + self.dropout(self.cross_attn.attend(self.norm2(y), *kv, src_mask))
         return y + self.dropout(self.ffn(self.norm3(y)))
 
     def step(self, y: Tensor, cache: dict[str, Tensor], src_mask: Tensor) -> Tensor:
@@ -212,9 +215,16 @@ class Seq2SeqTransformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
         """Logits (B, T, vocab) of the next token after every prefix of ``tgt_in``."""
         y = self._embed(tgt_in)
-        for layer in self.decoder:
-            y = layer(y, memory, src_mask, None)
+        for layer, kv in zip(self.decoder, self.memory_keys_values(memory)):
+            y = layer(y, memory, src_mask, None, kv)
         return self.generator(self.dec_norm(y))
+
+    def memory_keys_values(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every decoder layer's cross-attention keys and values of ``memory`` (B, heads, S, d/heads):
+        one sparse call for all of them on the sparse path (they share the input)."""
+        attn = [layer.cross_attn for layer in self.decoder]
+        out = grouped_linear(memory, [p for a in attn for p in (a.k_proj, a.v_proj)])
+        return [(a._split(out[2 * i]), a._split(out[2 * i + 1])) for i, a in enumerate(attn)]
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, mask = self.encode(src)
@@ -223,11 +233,7 @@ class Seq2SeqTransformer(nn.Module):
     # ------------------------------------------------------------------ incremental decoding
     def start_decoding(self, memory: Tensor) -> list[dict[str, Tensor]]:
         """Per-layer caches for :meth:`decode_next`: the memory's keys and values."""
-        caches = []
-        for layer in self.decoder:
-            mk, mv = layer.cross_attn.keys_values(memory)
-            caches.append({"mk": mk, "mv": mv})
-        return caches
+        return [{"mk": mk, "mv": mv} for mk, mv in self.memory_keys_values(memory)]
 
     def decode_next(self, tokens: Tensor, caches: list[dict[str, Tensor]], src_mask: Tensor, position: int) -> Tensor:
         """Logits (B, vocab) after feeding the tokens (B,) at ``position``; equals the last row of
