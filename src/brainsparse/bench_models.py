@@ -2,7 +2,8 @@
 
 For each (model, density) cell both paths are built from one seed and timed side by side: one
 training step each in turn (forward, backward, optimizer step, ``engine.step()``), ``repeats``
-rounds after two warm-ups, medians. Then ``updates`` topology updates of each are timed (median).
+rounds after two warm-ups, medians of process CPU time (one thread: the time this process ran,
+so other jobs on a shared machine inflate it less than wall time). Then ``updates`` topology updates of each are timed (median).
 Peak memory: each path again in a fresh process (build, three steps, one update, one step), the
 process's peak resident memory and its growth over the process before the model was built.
 ``kernel="auto"`` is built too, and which layers it puts on the sparse path is recorded (per
@@ -17,7 +18,6 @@ rows; CHTs with AdamW); vocabularies of 5000 and 10000 (PTB).
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -77,29 +77,34 @@ _BUILD = {"transformer-small": _translation, "llama-tiny": _llama}
 
 
 def _step(engine: Any, opt: torch.optim.Optimizer, loss: Callable[[], Tensor]) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     opt.zero_grad(set_to_none=True)
     loss().backward()
     opt.step()
     engine.step()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mib(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` (peak) of this process's memory map in MiB (``getrusage``'s peak would
+    carry the parent's resident size into a child started by fork + exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_memory(name: str, density: float, kernel: str, seed: int = 0) -> dict[str, float]:
     """In this process (a fresh one): build one path, three steps, an update, a step; peak RSS."""
     torch.set_num_threads(1)
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     engine, opt, loss = _BUILD[name](kernel, density, seed)
     for _ in range(3):
         _step(engine, opt, loss)
     engine.update()
     _step(engine, opt, loss)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    peak = _status_mib("VmHWM")
     return {"peak_mib": peak, "growth_mib": peak - before}
 
 
@@ -144,9 +149,9 @@ def bench_models(cells: Sequence[tuple[str, float]] = CELLS, repeats: int = 10, 
                 row[f"{kernel}_step_s"] = statistics.median(times[kernel])
                 spent = []
                 for _ in range(updates):
-                    start = time.perf_counter()
+                    start = time.process_time()
                     engine.update()
-                    spent.append(time.perf_counter() - start)
+                    spent.append(time.process_time() - start)
                 row[f"{kernel}_update_s"] = statistics.median(spent)
                 row[f"{kernel}_sparse_layers"] = sum(layer.sparse_kernel for layer in engine.layers.values())
             row["layers"] = len(runs["dense"][0].layers)
