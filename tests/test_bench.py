@@ -93,8 +93,11 @@ def test_bench_peers_without_peers_names_the_extra(monkeypatch, tmp_path, capsys
 def test_models_part_times_both_paths_of_the_presets():
     from brainsparse.bench_models import bench_models, markdown_rows
 
-    rows = bench_models(cells=(("llama-tiny", 0.1),), repeats=1)
+    rows = bench_models(cells=(("llama-tiny", 0.1),), repeats=1, updates=1)
     r = rows[0]
     assert r["dense_step_s"] > 0 and r["sparse_step_s"] > 0 and r["step_speedup"] > 0
     assert r["dense_sparse_layers"] == 0 and r["sparse_sparse_layers"] == r["layers"] == 14
+    assert r["rows_per_step"] == 1024 and 0 <= r["auto_sparse_layers"] <= 14
+    assert set(r["auto_by_shape"]) == {"128x128", "384x128", "128x384"}
+    assert r["dense_peak_mib"] > r["dense_growth_mib"] > 0 and r["sparse_peak_mib"] > 0
     assert "| llama-tiny | 0.1 |" in "\n".join(markdown_rows(rows))

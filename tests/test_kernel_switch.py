@@ -90,7 +90,8 @@ def test_decaying_method_moves_to_sparse_path_with_identical_state(method, optim
         if record is not None:
             density = {n: l.links / l.mask.numel() for n, l in auto[2].layers.items()}
             for name, sparse in _paths(auto[2]).items():
-                assert sparse == (density[name] < crossover_density(8)), (step, name, density[name])
+                limit = crossover_density(8, shape=tuple(auto[2].layers[name].mask.shape))
+                assert sparse == (density[name] < limit), (step, name, density[name])
     assert switched_at is not None and all(_paths(auto[2]).values())
     for name, layer in dense[2].layers.items():
         other = auto[2].layers[name]
@@ -149,7 +150,8 @@ def test_switch_reinstalls_path_specific_hooks():
 
 
 def test_density_rising_past_the_crossover_goes_back_with_hysteresis():
-    c = crossover_density(8)
+    c = crossover_density(8, shape=(48, 20))
+    assert c == crossover_density(8, shape=(48, 48))  # both below the table's smallest layer
     hi = min(0.95, SWITCH_BACK_FACTOR * c + 0.2)
     method = resolve_method("set", density_schedule="linear", initial_density=0.5 * c, prune_end_fraction=0.5)
     model, opt, engine = _engine(method, "auto", density=hi, total_steps=120, update_every=3)

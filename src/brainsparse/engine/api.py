@@ -57,8 +57,10 @@ def sparsify(
 
     ``kernel`` picks the execution of the sparse layers: ``"dense"`` (dense weights multiplied by
     masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose
-    weight and optimizer state exist only at the links) or ``"auto"`` (sparse where the layer's
-    starting density is below the measured crossover for ``batch_size``).
+    weight and optimizer state exist only at the links) or ``"auto"`` (per layer: sparse where its
+    density is below the measured crossover for its shape and ``batch_size`` — the rows it
+    multiplies per step: the batch size of an MLP, batch × tokens of a sequence model — see
+    :func:`~brainsparse.kernels.crossover_density`; re-decided after every topology update).
 
     ``engine_class`` builds the engine (default :class:`DynamicSparseEngine`), e.g. a subclass
     for sharded models.

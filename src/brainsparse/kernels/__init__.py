@@ -13,7 +13,10 @@
   :func:`use_backend` are deprecated process-wide switches.
 * :mod:`.ops` — the kernels as registered operators ``torch.ops.brainsparse.*`` (fake kernels,
   registered autograd), used under ``torch.compile``.
-* :func:`choose_kernel` — sparse or dense for a layer size, density and batch size.
+* :func:`choose_kernel` — sparse or dense for a layer shape, density and rows per step, from the
+  measured crossover table (:func:`crossover_density`, ``crossover_cpu.json``).
+* :func:`~brainsparse.kernels.grouped.grouped_linear` — layers sharing an input (q/k/v) as one
+  sparse call.
 
 The kernels import nothing from :mod:`brainsparse.scoring` (scoring depends on kernels).
 """
@@ -28,7 +31,7 @@ from .backend import (
     set_backend,
     use_backend,
 )
-from .crossover import choose_kernel, crossover_density
+from .crossover import choose_kernel, crossover_density, crossover_table
 from .layer import SparseLinear
 from .sparse_linear import sparse_linear, sparse_linear_indices
 from .structure import LinkStructure, remap
@@ -42,6 +45,7 @@ __all__ = [
     "choose_kernel",
     "cpu_kernels",
     "crossover_density",
+    "crossover_table",
     "ops",
     "remap",
     "resolve",

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import BrainsparseError
+from ..kernels.grouped import grouped_linear
+from .functional import Dropout, attention
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,29 @@ class MultiHeadAttention(nn.Module):
 
     def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Per-head keys and values (B, heads, S, d/heads) of ``memory``."""
-        return self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
+        k, v = grouped_linear(memory, (self.k_proj, self.v_proj))
+        return self._split(k), self._split(v)
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention of queries from ``x`` over given per-head keys and values."""
-        y = F.scaled_dot_product_attention(
-            self._split(self.q_proj(x)), k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        return self._heads(self._split(self.q_proj(x)), k, v, mask)
+
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         b, h, t, dh = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h * dh))
 
     def forward(self, x: Tensor, memory: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """``mask``: bool (B, 1, 1, S) or (B, 1, T, S), True where attention is allowed."""
+        """``mask``: bool (B, 1, 1, S) or (B, 1, T, S), True where attention is allowed. With
+        ``memory is x`` (self-attention) the three projections run as one sparse call
+        (:func:`~brainsparse.kernels.grouped.grouped_linear`) on the sparse path."""
         if causal:
             t = x.shape[1]
             allowed = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             mask = allowed if mask is None else mask & allowed
+        if memory is x:
+            q, k, v = grouped_linear(x, (self.q_proj, self.k_proj, self.v_proj))
+            return self._heads(self._split(q), self._split(k), self._split(v), mask)
         return self.attend(x, *self.keys_values(memory), mask)
 
 
@@ -102,7 +111,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn)
         self.fc2 = nn.Linear(ffn, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
@@ -114,7 +123,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
         self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
         h = self.norm1(x)
@@ -129,12 +138,15 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, tgt_mask: Tensor | None) -> Tensor:
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, tgt_mask: Tensor | None,
+                memory_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``memory_kv``: the cross-attention's keys and values of ``memory``, if already made."""
         h = self.norm1(y)
         y = y + self.dropout(self.self_attn(h, h, tgt_mask, causal=True))
-        y = y + self.dropout(self.cross_attn(self.norm2(y), memory, src_mask))
+        kv = memory_kv if memory_kv is not None else self.cross_attn.keys_values(memory)
+        y = y + self.dropout(self.cross_attn.attend(self.norm2(y), *kv, src_mask))
         return y + self.dropout(self.ffn(self.norm3(y)))
 
     def step(self, y: Tensor, cache: dict[str, Tensor], src_mask: Tensor) -> Tensor:
@@ -177,7 +189,7 @@ class Seq2SeqTransformer(nn.Module):
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.generator = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.generator.weight = self.embed.weight  # tied (joint vocabulary)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
@@ -203,9 +215,16 @@ class Seq2SeqTransformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
         """Logits (B, T, vocab) of the next token after every prefix of ``tgt_in``."""
         y = self._embed(tgt_in)
-        for layer in self.decoder:
-            y = layer(y, memory, src_mask, None)
+        for layer, kv in zip(self.decoder, self.memory_keys_values(memory)):
+            y = layer(y, memory, src_mask, None, kv)
         return self.generator(self.dec_norm(y))
+
+    def memory_keys_values(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every decoder layer's cross-attention keys and values of ``memory`` (B, heads, S, d/heads):
+        one sparse call for all of them on the sparse path (they share the input)."""
+        attn = [layer.cross_attn for layer in self.decoder]
+        out = grouped_linear(memory, [p for a in attn for p in (a.k_proj, a.v_proj)])
+        return [(a._split(out[2 * i]), a._split(out[2 * i + 1])) for i, a in enumerate(attn)]
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, mask = self.encode(src)
@@ -214,11 +233,7 @@ class Seq2SeqTransformer(nn.Module):
     # ------------------------------------------------------------------ incremental decoding
     def start_decoding(self, memory: Tensor) -> list[dict[str, Tensor]]:
         """Per-layer caches for :meth:`decode_next`: the memory's keys and values."""
-        caches = []
-        for layer in self.decoder:
-            mk, mv = layer.cross_attn.keys_values(memory)
-            caches.append({"mk": mk, "mv": mv})
-        return caches
+        return [{"mk": mk, "mv": mv} for mk, mv in self.memory_keys_values(memory)]
 
     def decode_next(self, tokens: Tensor, caches: list[dict[str, Tensor]], src_mask: Tensor, position: int) -> Tensor:
         """Logits (B, vocab) after feeding the tokens (B,) at ``position``; equals the last row of

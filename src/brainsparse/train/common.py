@@ -27,6 +27,27 @@ def train_time_s(history: list[dict[str, Any]], key: str) -> float | None:
     return float(sum(r[key] for r in history))
 
 
+def fused_optimizer_options(device: torch.device | str) -> dict[str, Any]:
+    """``{"fused": True}`` where this torch has a fused Adam/AdamW kernel for ``device`` (CPU from
+    torch 2.4; one kernel for all parameters: on the ``small`` translation preset's masked path
+    58 ms → 10 ms per step, sparse path 21 ms → 6 ms, 1 thread), else ``{}`` (the default loop).
+    The update is Adam's formula, computed in another order (last-bit differences)."""
+    dev = torch.device(device)
+    key = dev.type
+    if key not in _FUSED_OK:
+        try:
+            probe = torch.zeros(1, device=dev, requires_grad=True)
+            probe.grad = torch.zeros_like(probe)
+            torch.optim.Adam([probe], fused=True).step()
+            _FUSED_OK[key] = True
+        except (RuntimeError, TypeError, ValueError):
+            _FUSED_OK[key] = False
+    return {"fused": True} if _FUSED_OK[key] else {}
+
+
+_FUSED_OK: dict[str, bool] = {}
+
+
 def topology_record(engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
     """One metrics.jsonl row: ``values`` plus the sparse network's state and the topology updates
     made since ``engine.history[updates_before]`` (their count, time and last overlap)."""

@@ -24,12 +24,13 @@ from ..engine import sparsify
 from ..errors import BrainsparseError
 from ..methods import INITS, resolve_method
 from ..models.decoding import beam_search
+from ..models.functional import label_smoothed_cross_entropy
 from ..models.transformer import PRESETS, Seq2SeqTransformer, transformer_config
 from ..report.plots import plot_step_curves
 from .checkpoint import atomic_write, load_checkpoint, read_json_file, write_json, write_text
 from .common import (
-    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
-    stored_config, train_time_s, with_engine_masks,
+    ConfigDict, RunFolder, check_init_params, fused_optimizer_options, method_option_overrides, open_run,
+    resolve_device, stored_config, train_time_s, with_engine_masks,
 )
 from .loop import StepRun, run_steps
 from .lr import iterative_noam
@@ -221,9 +222,8 @@ class _TranslationRun:
         self.config, self.data = config, data
         self.device = resolve_device(config.device)
         self.model = build_model(config, len(data.vocab)).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay
-        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9,
+                                          weight_decay=config.weight_decay, **fused_optimizer_options(self.device))
         self.engine = sparsify(
             self.model, self.optimizer, method=resolve_method(config.method, **config.method_overrides()),
             density=config.density, update_every=config.update_interval, total_steps=config.steps,
@@ -246,9 +246,7 @@ class _TranslationRun:
 
     def loss_of(self, batch: Batch) -> tuple[Tensor, int]:
         logits = self.model(batch.src, batch.tgt_in)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD, label_smoothing=self.config.label_smoothing
-        )
+        loss = label_smoothed_cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), self.config.label_smoothing, PAD)
         return loss, batch.n_tokens
 
     def lr_at(self, step: int, last_update: int | None) -> float:
