@@ -43,8 +43,9 @@ template <> struct Vec<float> { typedef float type __attribute__((vector_size(32
 template <> struct Vec<double> { typedef double type __attribute__((vector_size(32), aligned(8))); };
 
 template <typename T> inline typename Vec<T>::type splat(T x) {
-  typename Vec<T>::type r = {};
-  return r + x;
+  typename Vec<T>::type r;
+  for (int i = 0; i < int(32 / sizeof(T)); ++i) r[i] = x;
+  return r;
 }
 template <typename T> inline typename Vec<T>::type load(const T* p) {
   return *reinterpret_cast<const typename Vec<T>::type*>(p);
@@ -140,126 +141,247 @@ inline void copy_t(const T* src, i64 lds, T* dst, i64 ldd, i64 n, i64 m, const T
   }
 }
 
-// b (m, n) = a (n, m)^T; orphaned worksharing: parallel when called inside a parallel region
+// ------------------------------------------------------------------ panel layout of the batch
+// The batch is cut into panels of P samples (128 bytes: 32 floats, 16 doubles); the last panel
+// may be narrower. A transposed activation A (N, m) is stored panel by panel: the panel at sample
+// n0 of width w = min(P, N - n0) starts at n0 * m and holds A[n0 + i, c] at c * w + i. One row of
+// a panel (w samples of one feature) is two cache lines, and a whole panel (m x P) is contiguous,
+// so the rows that the links of many outputs gather stay in L2 while every output is computed for
+// that panel; with one panel (N <= P) this is the plain transpose (m, N).
+#ifndef PANEL_BYTES
+#define PANEL_BYTES 128
+#endif
+#ifndef PF_DIST
+#define PF_DIST 8
+#endif
+#ifndef PF_MIN
+#define PF_MIN (384 << 10)
+#endif
+template <typename T> constexpr i64 panel() { return PANEL_BYTES / sizeof(T); }
+
+// dst (panel layout) of src (N, m) row-major; orphaned worksharing (parallel inside a region)
 template <typename T>
-void transpose(const T* __restrict a, T* __restrict b, i64 n, i64 m) {
-  const i64 tn = (n + TB - 1) / TB, tm = (m + TB - 1) / TB;
+void pack(const T* __restrict src, T* __restrict dst, i64 N, i64 m) {
+  constexpr i64 P = panel<T>();
+  const i64 np = (N + P - 1) / P, tm = (m + TB - 1) / TB;
 #pragma omp for schedule(static)
-  for (i64 t = 0; t < tn * tm; ++t) {
-    const i64 i0 = (t / tm) * TB, j0 = (t % tm) * TB;
-    copy_t<T>(a + i0 * m + j0, m, b + j0 * n + i0, n, std::min(TB, n - i0), std::min(TB, m - j0), nullptr);
+  for (i64 t = 0; t < np * tm; ++t) {
+    const i64 n0 = (t / tm) * P, w = std::min(P, N - n0), c0 = (t % tm) * TB;
+    copy_t<T>(src + n0 * m + c0, m, dst + n0 * m + c0 * w, w, w, std::min(TB, m - c0), nullptr);
   }
 }
 
-// acc[0:4L] = sum_{j in [j0, j1)} vals[PERM ? perm[j] : j] * src[idx[j] * N + n0 + (0:4L)]
-// Two sets of four vector accumulators (links alternate) hide the FMA latency.
-template <typename T, bool PERM>
-inline void tile_full(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
-                      i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, T* __restrict acc) {
+// acc[0:P] = sum_{j in [j0, j1)} vals[j] * src[idx[j] * P + (0:P)] for a full panel (rows of P).
+// Eight vector accumulators (two sets when a row is four vectors: links alternate) hide the FMA
+// latency. PF: prefetch the rows D links ahead (pays when the panel is larger than L2).
+template <typename T, bool PF>
+inline void tile_full(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1, i64 jend,
+                      const T* __restrict src, T* __restrict acc) {
   typedef typename Vec<T>::type V;
-  constexpr int L = 32 / sizeof(T);
-  V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L, SETS = NV >= 8 ? 1 : 2, D = PF_DIST;
+  V a[SETS][NV];
+  for (i64 t = 0; t < SETS; ++t)
+    for (i64 q = 0; q < NV; ++q) a[t][q] = V{};
   i64 j = j0;
-  for (; j + 1 < j1; j += 2) {
-    const V u = splat<T>(vals[PERM ? perm[j] : j]);
-    const V w = splat<T>(vals[PERM ? perm[j + 1] : j + 1]);
-    const T* s = src + idx[j] * N + n0;
-    const T* t = src + idx[j + 1] * N + n0;
-    a0 += u * load<T>(s);         b0 += w * load<T>(t);
-    a1 += u * load<T>(s + L);     b1 += w * load<T>(t + L);
-    a2 += u * load<T>(s + 2 * L); b2 += w * load<T>(t + 2 * L);
-    a3 += u * load<T>(s + 3 * L); b3 += w * load<T>(t + 3 * L);
+  for (; j + SETS <= j1; j += SETS) {
+    for (i64 t = 0; t < SETS; ++t) {
+      if (PF && j + t + D < jend)
+        for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + idx[j + t + D] * P + q);
+      const V u = splat<T>(vals[j + t]);
+      const T* s = src + idx[j + t] * P;
+      for (i64 q = 0; q < NV; ++q) a[t][q] += u * load<T>(s + q * L);
+    }
   }
-  if (j < j1) {
-    const V u = splat<T>(vals[PERM ? perm[j] : j]);
-    const T* s = src + idx[j] * N + n0;
-    a0 += u * load<T>(s);
-    a1 += u * load<T>(s + L);
-    a2 += u * load<T>(s + 2 * L);
-    a3 += u * load<T>(s + 3 * L);
+  for (; j < j1; ++j) {
+    const V u = splat<T>(vals[j]);
+    const T* s = src + idx[j] * P;
+    for (i64 q = 0; q < NV; ++q) a[0][q] += u * load<T>(s + q * L);
   }
-  store<T>(acc, a0 + b0);
-  store<T>(acc + L, a1 + b1);
-  store<T>(acc + 2 * L, a2 + b2);
-  store<T>(acc + 3 * L, a3 + b3);
+  for (i64 q = 0; q < NV; ++q) store<T>(acc + q * L, SETS == 1 ? a[0][q] : a[0][q] + a[SETS - 1][q]);
 }
 
-template <typename T, bool PERM>
-inline void tile_part(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
-                      i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, i64 nb, T* __restrict acc) {
-  for (i64 i = 0; i < nb; ++i) acc[i] = T(0);
+// the same for a narrower last panel (rows of w < P samples)
+template <typename T>
+inline void tile_part(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1,
+                      const T* __restrict src, i64 w, T* __restrict acc) {
+  for (i64 i = 0; i < w; ++i) acc[i] = T(0);
   for (i64 j = j0; j < j1; ++j) {
-    const T v = vals[PERM ? perm[j] : j];
-    const T* __restrict s = src + idx[j] * N + n0;
-    for (i64 i = 0; i < nb; ++i) acc[i] += v * s[i];
+    const T v = vals[j];
+    const T* __restrict s = src + idx[j] * w;
+    for (i64 i = 0; i < w; ++i) acc[i] += v * s[i];
   }
 }
 
-// out (N, n_out) [+ bias], out[:, r] = sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :]
-// srcT is (n_src, N). A work item is RB consecutive outputs, so writes fill whole cache lines.
-template <typename T, bool PERM>
-void spmm_t(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals,
-            const T* srcT, const T* bias, T* out) {
-  constexpr i64 NB = 4 * (32 / sizeof(T));
-  const i64 blocks = (n_out + RB - 1) / RB;
+// Work split of n_rows rows with `links` links: one chunk on one thread (every panel sweeps all
+// rows), else a few chunks per thread (dynamic). A chunk does all panels of its rows.
+inline i64 chunks_for(i64 n_rows) {
+#ifdef _OPENMP
+  const i64 threads = omp_get_num_threads();
+#else
+  const i64 threads = 1;
+#endif
+  return threads <= 1 ? 1 : std::min<i64>(std::max<i64>(n_rows / RB, 1), 4 * threads);
+}
+
+// out (N, n_out) [+ bias], out[:, r] = sum_{j in ptr[r]..ptr[r+1]} vals[j] * srcP[idx[j], :],
+// srcP (n_src, N) in panel layout. RB consecutive outputs at a time, so writes fill cache lines.
+template <typename T>
+void spmm_p(i64 N, i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* srcP,
+            const T* bias, T* out) {
+  constexpr i64 P = panel<T>();
+  const i64 blocks = (n_out + RB - 1) / RB, nch = chunks_for(n_out), jend = ptr[n_out];
+  const bool far = n_src * P * i64(sizeof(T)) > PF_MIN;
 #pragma omp for schedule(dynamic, 1)
-  for (i64 b = 0; b < blocks; ++b) {
-    const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
-    alignas(64) T buf[RB][NB];
-    for (i64 n0 = 0; n0 < N; n0 += NB) {
-      const i64 nb = std::min<i64>(NB, N - n0);
-      for (i64 r = r0; r < r1; ++r) {
-        if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf[r - r0]);
-        else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf[r - r0]);
+  for (i64 ch = 0; ch < nch; ++ch) {
+    const i64 b0 = blocks * ch / nch, b1 = blocks * (ch + 1) / nch;
+    alignas(64) T buf[RB][P];
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      const T* src = srcP + n0 * n_src;
+      for (i64 b = b0; b < b1; ++b) {
+        const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
+        for (i64 r = r0; r < r1; ++r) {
+          if (w == P && far) tile_full<T, true>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+          else if (w == P) tile_full<T, false>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+          else tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
+        }
+        // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
+        copy_t<T>(&buf[0][0], P, out + n0 * n_out + r0, n_out, r1 - r0, w, bias ? bias + r0 : nullptr);
       }
-      // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
-      copy_t<T>(&buf[0][0], NB, out + n0 * n_out + r0, n_out, r1 - r0, nb, bias ? bias + r0 : nullptr);
     }
   }
 }
 
-// gv[k] = <gyT[rows k], xT[cols k]> over the batch (links in CSR order); gb[r] = sum of gyT[r, :]
-template <typename T>
-void sddmm_t(i64 N, i64 n_out, const i64* crow, const i64* cols, const T* gyT, const T* xT, T* gv, T* gb) {
+// Sums of G = L vectors at once: out[j] = sum of the lanes of a[j] (pairwise, in a fixed order
+// per lane, so a link's sum does not depend on its neighbours).
+#if defined(__AVX__)
+inline Vec<float>::type hsum_group(const Vec<float>::type* a) {
+  const __m256 s01 = _mm256_hadd_ps(as_native(a[0]), as_native(a[1]));
+  const __m256 s23 = _mm256_hadd_ps(as_native(a[2]), as_native(a[3]));
+  const __m256 s45 = _mm256_hadd_ps(as_native(a[4]), as_native(a[5]));
+  const __m256 s67 = _mm256_hadd_ps(as_native(a[6]), as_native(a[7]));
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
+                                 _mm256_permute2f128_ps(s0123, s4567, 0x31));
+  Vec<float>::type o;
+  std::memcpy(&o, &r, 32);
+  return o;
+}
+inline Vec<double>::type hsum_group(const Vec<double>::type* a) {
+  const __m256d s01 = _mm256_hadd_pd(as_native(a[0]), as_native(a[1]));
+  const __m256d s23 = _mm256_hadd_pd(as_native(a[2]), as_native(a[3]));
+  const __m256d r = _mm256_add_pd(_mm256_permute2f128_pd(s01, s23, 0x20), _mm256_permute2f128_pd(s01, s23, 0x31));
+  Vec<double>::type o;
+  std::memcpy(&o, &r, 32);
+  return o;
+}
+#else
+template <typename T> inline typename Vec<T>::type hsum_group(const typename Vec<T>::type* a) {
+  constexpr int L = 32 / sizeof(T);
+  typename Vec<T>::type o;
+  for (int j = 0; j < L; ++j) o[j] = hsum_any<T>(a[j]);
+  return o;
+}
+#endif
+
+// gv[k] (+)= <g, srcP row cols[k]> for the links [k0, k1) of one output whose panel row g (P
+// samples) is held in registers; L links at a time, the last group padded with zeros.
+template <typename T, bool PF>
+inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0, i64 k1, i64 kend,
+                      const T* __restrict src, bool first, T* __restrict gv) {
   typedef typename Vec<T>::type V;
-  constexpr i64 L = 32 / sizeof(T);
-  const i64 nv = N / L;  // whole vectors per row
-  const i64 blocks = (n_out + RB - 1) / RB;
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L, D = PF_DIST;
+  V gr[NV];
+  for (i64 q = 0; q < NV; ++q) gr[q] = load<T>(g + q * L);
+  auto dot = [&](i64 k) {
+    const T* s = src + cols[k] * P;
+    V p = gr[0] * load<T>(s), r = {};
+    for (i64 q = 1; q < NV; ++q) {
+      if (q % 2) r += gr[q] * load<T>(s + q * L);
+      else p += gr[q] * load<T>(s + q * L);
+    }
+    return p + r;
+  };
+  i64 k = k0;
+  for (; k + L <= k1; k += L) {
+    V a[L];
+    for (i64 j = 0; j < L; ++j) {
+      if (PF && k + j + D < kend)
+        for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + cols[k + j + D] * P + q);
+      a[j] = dot(k + j);
+    }
+    const V sum = hsum_group(a);
+    store<T>(gv + k, first ? sum : load<T>(gv + k) + sum);
+  }
+  if (k < k1) {
+    const i64 n = k1 - k;
+    V a[L];
+    for (i64 j = 0; j < L; ++j) a[j] = j < n ? dot(k + j) : V{};
+    const V sum = hsum_group(a);
+    for (i64 j = 0; j < n; ++j) gv[k + j] = first ? sum[j] : gv[k + j] + sum[j];
+  }
+}
+
+// gv[k] = <gyT[rows k], xT[cols k]> over the batch (links in CSR order), both in panel layout;
+// a chunk of outputs does every panel in order, so each gv[k] is summed by one thread.
+template <typename T>
+void sddmm_p(i64 N, i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, T* gv) {
+  constexpr i64 P = panel<T>();
+  const i64 nch = chunks_for(n_out), kend = crow[n_out];
+  const bool far = n_in * P * i64(sizeof(T)) > PF_MIN;
 #pragma omp for schedule(dynamic, 1)
+  for (i64 ch = 0; ch < nch; ++ch) {
+    const i64 r0 = n_out * ch / nch, r1 = n_out * (ch + 1) / nch;
+    if (N == 0) std::fill(gv + crow[r0], gv + crow[r1], T(0));  // an empty batch: zero gradients
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      const T* src = xP + n0 * n_in;
+      for (i64 r = r0; r < r1; ++r) {
+        const T* g = gyP + n0 * n_out + r * w;
+        if (w == P) {
+          if (far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, src, n0 == 0, gv);
+          else dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, src, n0 == 0, gv);
+          continue;
+        }
+        for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
+          const T* s = src + cols[k] * w;
+          T acc = T(0);
+          for (i64 i = 0; i < w; ++i) acc += g[i] * s[i];
+          gv[k] = n0 == 0 ? acc : gv[k] + acc;
+        }
+      }
+    }
+  }
+}
+
+// gb[r] = sum over n of gy[n, r], gy (N, n_out) row-major: vectors across outputs, n ascending
+template <typename T>
+void col_sums(i64 N, i64 n_out, const T* gy, T* gb) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T), W = 4 * L;
+  const i64 blocks = (n_out + W - 1) / W;
+#pragma omp for schedule(static)
   for (i64 b = 0; b < blocks; ++b) {
-    const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
-    for (i64 r = r0; r < r1; ++r) {
-      const T* __restrict g = gyT + r * N;
-      if (gb) {
-        T acc = T(0);
-        for (i64 i = 0; i < N; ++i) acc += g[i];
-        gb[r] = acc;
+    const i64 r0 = b * W;
+    if (r0 + W <= n_out) {
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (i64 n = 0; n < N; ++n) {
+        const T* s = gy + n * n_out + r0;
+        a0 += load<T>(s);
+        a1 += load<T>(s + L);
+        a2 += load<T>(s + 2 * L);
+        a3 += load<T>(s + 3 * L);
       }
-      if (!gv) continue;
-      i64 k = crow[r];
-      const i64 k1 = crow[r + 1];
-      if (N == 4 * L) {  // the common case (32 float / 16 double samples): the row stays in registers
-        const V g0 = load<T>(g), g1 = load<T>(g + L), g2 = load<T>(g + 2 * L), g3 = load<T>(g + 3 * L);
-        for (; k < k1; ++k) {
-          const T* s = xT + cols[k] * N;
-          const V p = (g0 * load<T>(s) + g1 * load<T>(s + L)) + (g2 * load<T>(s + 2 * L) + g3 * load<T>(s + 3 * L));
-          gv[k] = hsum(p);
-        }
-        continue;
-      }
-      for (; k < k1; ++k) {
-        const T* s = xT + cols[k] * N;
-        V p0 = {}, p1 = {};
-        i64 q = 0;
-        for (; q + 1 < nv; q += 2) {
-          p0 += load<T>(g + q * L) * load<T>(s + q * L);
-          p1 += load<T>(g + (q + 1) * L) * load<T>(s + (q + 1) * L);
-        }
-        if (q < nv) p0 += load<T>(g + q * L) * load<T>(s + q * L);
-        T acc = hsum(p0 + p1);
-        for (i64 i = nv * L; i < N; ++i) acc += g[i] * s[i];
-        gv[k] = acc;
-      }
+      store<T>(gb + r0, a0);
+      store<T>(gb + r0 + L, a1);
+      store<T>(gb + r0 + 2 * L, a2);
+      store<T>(gb + r0 + 3 * L, a3);
+      continue;
+    }
+    for (i64 r = r0; r < n_out; ++r) {
+      T acc = T(0);
+      for (i64 n = 0; n < N; ++n) acc += gy[n * n_out + r];
+      gb[r] = acc;
     }
   }
 }
@@ -271,31 +393,42 @@ inline bool go_parallel(i64 work) { return work >= parallel_min; }
 
 template <typename T>
 void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64* cols, const T* vals,
-             const T* bias, T* xT, T* y) {
+             const T* bias, T* xP, T* y) {
   const i64 K = crow[n_out];
 #pragma omp parallel if (go_parallel(K * N + N * (n_in + n_out)))
   {
-    transpose<T>(x, xT, N, n_in);  // implicit barrier
-    spmm_t<T, false>(N, n_out, crow, cols, nullptr, vals, xT, bias, y);
+    pack<T>(x, xP, N, n_in);  // implicit barrier
+    spmm_p<T>(N, n_out, n_in, crow, cols, vals, xP, bias, y);
   }
 }
 
+// Scratch kept per thread between calls (no page faults on reuse), up to 16 MiB.
+template <typename T> T* scratch(std::vector<T>& keep, std::vector<T>& once, i64 n) {
+  const size_t need = size_t(std::max<i64>(n, 1));
+  std::vector<T>& s = need * sizeof(T) <= (size_t(16) << 20) ? keep : once;
+  if (s.size() < need) s.resize(need);
+  return s.data();
+}
+
 template <typename T>
-void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xT, const i64* crow, const i64* cols,
+void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* crow, const i64* cols,
               const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
   const i64 K = crow[n_out];
-  // scratch for gyT: kept per thread between calls (no page faults), up to 16 MiB
-  static thread_local std::vector<T> keep;
-  std::vector<T> once;
-  const size_t need = size_t(std::max<i64>(N * n_out, 1));
-  std::vector<T>& scratch = need * sizeof(T) <= (size_t(16) << 20) ? keep : once;
-  if (scratch.size() < need) scratch.resize(need);
-  T* gyT = scratch.data();
-#pragma omp parallel if (go_parallel(2 * K * N + N * (n_in + n_out)))
+  static thread_local std::vector<T> keep_g, keep_v;
+  std::vector<T> once_g, once_v;
+  T* gyP = scratch<T>(keep_g, once_g, (gx || gv) ? N * n_out : 0);
+  T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);  // the values in CSC order
+  const i64 work = (gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out);
+#pragma omp parallel if (go_parallel(work))
   {
-    transpose<T>(gy, gyT, N, n_out);  // implicit barrier
-    if (gv || gb) sddmm_t<T>(N, n_out, crow, cols, gyT, xT, gv, gb);
-    if (gx) spmm_t<T, true>(N, n_in, ccol, t_rows, t_perm, vals, gyT, nullptr, gx);
+    if (gb) col_sums<T>(N, n_out, gy, gb);
+    if (gx) {
+#pragma omp for schedule(static) nowait
+      for (i64 j = 0; j < K; ++j) vt[j] = vals[t_perm[j]];
+    }
+    if (gx || gv) pack<T>(gy, gyP, N, n_out);  // implicit barrier
+    if (gv) sddmm_p<T>(N, n_out, n_in, crow, cols, gyP, xP, gv);
+    if (gx) spmm_p<T>(N, n_in, n_out, ccol, t_rows, vt, gyP, nullptr, gx);
   }
 }
 
