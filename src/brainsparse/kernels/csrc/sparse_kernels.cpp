@@ -43,9 +43,8 @@ template <> struct Vec<float> { typedef float type __attribute__((vector_size(32
 template <> struct Vec<double> { typedef double type __attribute__((vector_size(32), aligned(8))); };
 
 template <typename T> inline typename Vec<T>::type splat(T x) {
-  typename Vec<T>::type r;
-  for (int i = 0; i < int(32 / sizeof(T)); ++i) r[i] = x;
-  return r;
+  typename Vec<T>::type r = {};
+  return r + x;
 }
 template <typename T> inline typename Vec<T>::type load(const T* p) {
   return *reinterpret_cast<const typename Vec<T>::type*>(p);
@@ -56,6 +55,18 @@ template <typename T> inline void store(T* p, typename Vec<T>::type v) {
 #if defined(__AVX__)
 inline __m256 as_native(Vec<float>::type v) { __m256 r; std::memcpy(&r, &v, 32); return r; }
 inline __m256d as_native(Vec<double>::type v) { __m256d r; std::memcpy(&r, &v, 32); return r; }
+template <> inline Vec<float>::type splat<float>(float x) {
+  const __m256 b = _mm256_set1_ps(x);
+  Vec<float>::type r;
+  std::memcpy(&r, &b, 32);
+  return r;
+}
+template <> inline Vec<double>::type splat<double>(double x) {
+  const __m256d b = _mm256_set1_pd(x);
+  Vec<double>::type r;
+  std::memcpy(&r, &b, 32);
+  return r;
+}
 inline float hsum(Vec<float>::type v) {
   const __m256 x = as_native(v);
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -145,9 +156,10 @@ inline void copy_t(const T* src, i64 lds, T* dst, i64 ldd, i64 n, i64 m, const T
 // The batch is cut into panels of P samples (128 bytes: 32 floats, 16 doubles); the last panel
 // may be narrower. A transposed activation A (N, m) is stored panel by panel: the panel at sample
 // n0 of width w = min(P, N - n0) starts at n0 * m and holds A[n0 + i, c] at c * w + i. One row of
-// a panel (w samples of one feature) is two cache lines, and a whole panel (m x P) is contiguous,
-// so the rows that the links of many outputs gather stay in L2 while every output is computed for
-// that panel; with one panel (N <= P) this is the plain transpose (m, N).
+// a panel (w samples of one feature) is two cache lines and a whole panel (m x w) is contiguous,
+// so the rows that the links gather stay in L2 while every output is computed for that panel;
+// with one panel (N <= P) this is the plain transpose (m, N). The passes run panel by panel:
+// pack one panel, then every product for it, while it is still in cache.
 #ifndef PANEL_BYTES
 #define PANEL_BYTES 128
 #endif
@@ -159,45 +171,57 @@ inline void copy_t(const T* src, i64 lds, T* dst, i64 ldd, i64 n, i64 m, const T
 #endif
 template <typename T> constexpr i64 panel() { return PANEL_BYTES / sizeof(T); }
 
-// dst (panel layout) of src (N, m) row-major; orphaned worksharing (parallel inside a region)
+// The panel at n0 (width w) of src (N, m) row-major into dst (m rows of w), when dst is given;
+// sums[c] = (first ? 0 : sums[c]) + the column sums of the panel, when sums is given.
+// Orphaned worksharing (parallel inside a region), implicit barrier.
 template <typename T>
-void pack(const T* __restrict src, T* __restrict dst, i64 N, i64 m) {
-  constexpr i64 P = panel<T>();
-  const i64 np = (N + P - 1) / P, tm = (m + TB - 1) / TB;
+void pack_panel(const T* __restrict src, T* __restrict dst, i64 n0, i64 w, i64 m, T* __restrict sums, bool first) {
+  const i64 tm = (m + TB - 1) / TB;
 #pragma omp for schedule(static)
-  for (i64 t = 0; t < np * tm; ++t) {
-    const i64 n0 = (t / tm) * P, w = std::min(P, N - n0), c0 = (t % tm) * TB;
-    copy_t<T>(src + n0 * m + c0, m, dst + n0 * m + c0 * w, w, w, std::min(TB, m - c0), nullptr);
+  for (i64 t = 0; t < tm; ++t) {
+    const i64 c0 = t * TB, nc = std::min(TB, m - c0);
+    const T* s = src + n0 * m + c0;
+    if (dst) copy_t<T>(s, m, dst + c0 * w, w, w, nc, nullptr);
+    if (!sums) continue;
+    T acc[TB] = {};
+    for (i64 i = 0; i < w; ++i)
+      for (i64 j = 0; j < nc; ++j) acc[j] += s[i * m + j];
+    for (i64 j = 0; j < nc; ++j) sums[c0 + j] = first ? acc[j] : sums[c0 + j] + acc[j];
   }
 }
 
 // acc[0:P] = sum_{j in [j0, j1)} vals[j] * src[idx[j] * P + (0:P)] for a full panel (rows of P).
-// Eight vector accumulators (two sets when a row is four vectors: links alternate) hide the FMA
-// latency. PF: prefetch the rows D links ahead (pays when the panel is larger than L2).
+// Two sets of vector accumulators (links alternate) hide the FMA latency. PF: prefetch the rows
+// D links ahead (pays when the panel is larger than L2).
 template <typename T, bool PF>
 inline void tile_full(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1, i64 jend,
                       const T* __restrict src, T* __restrict acc) {
   typedef typename Vec<T>::type V;
-  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L, SETS = NV >= 8 ? 1 : 2, D = PF_DIST;
-  V a[SETS][NV];
-  for (i64 t = 0; t < SETS; ++t)
-    for (i64 q = 0; q < NV; ++q) a[t][q] = V{};
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L, D = PF_DIST;
+  V a[NV], b[NV];
+  for (i64 q = 0; q < NV; ++q) a[q] = b[q] = V{};
   i64 j = j0;
-  for (; j + SETS <= j1; j += SETS) {
-    for (i64 t = 0; t < SETS; ++t) {
-      if (PF && j + t + D < jend)
-        for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + idx[j + t + D] * P + q);
-      const V u = splat<T>(vals[j + t]);
-      const T* s = src + idx[j + t] * P;
-      for (i64 q = 0; q < NV; ++q) a[t][q] += u * load<T>(s + q * L);
+  for (; j + 1 < j1; j += 2) {
+    if (PF && j + D + 1 < jend) {
+      for (i64 q = 0; q < P; q += 64 / sizeof(T)) {
+        __builtin_prefetch(src + idx[j + D] * P + q);
+        __builtin_prefetch(src + idx[j + D + 1] * P + q);
+      }
+    }
+    const V u = splat<T>(vals[j]), v = splat<T>(vals[j + 1]);
+    const T* s = src + idx[j] * P;
+    const T* t = src + idx[j + 1] * P;
+    for (i64 q = 0; q < NV; ++q) {
+      a[q] += u * load<T>(s + q * L);
+      b[q] += v * load<T>(t + q * L);
     }
   }
-  for (; j < j1; ++j) {
+  if (j < j1) {
     const V u = splat<T>(vals[j]);
     const T* s = src + idx[j] * P;
-    for (i64 q = 0; q < NV; ++q) a[0][q] += u * load<T>(s + q * L);
+    for (i64 q = 0; q < NV; ++q) a[q] += u * load<T>(s + q * L);
   }
-  for (i64 q = 0; q < NV; ++q) store<T>(acc + q * L, SETS == 1 ? a[0][q] : a[0][q] + a[SETS - 1][q]);
+  for (i64 q = 0; q < NV; ++q) store<T>(acc + q * L, a[q] + b[q]);
 }
 
 // the same for a narrower last panel (rows of w < P samples)
@@ -212,48 +236,44 @@ inline void tile_part(const i64* __restrict idx, const T* __restrict vals, i64 j
   }
 }
 
-// Work split of n_rows rows with `links` links: one chunk on one thread (every panel sweeps all
-// rows), else a few chunks per thread (dynamic). A chunk does all panels of its rows.
-inline i64 chunks_for(i64 n_rows) {
+// Work items of a panel pass over n items: all of them at once on one thread, else a few
+// chunks per thread (dynamic). The split never changes what is summed, or in which order.
+inline i64 chunks_for(i64 n) {
 #ifdef _OPENMP
   const i64 threads = omp_get_num_threads();
 #else
   const i64 threads = 1;
 #endif
-  return threads <= 1 ? 1 : std::min<i64>(std::max<i64>(n_rows / RB, 1), 4 * threads);
+  return threads <= 1 ? 1 : std::min<i64>(std::max<i64>(n, 1), 4 * threads);
 }
 
-// out (N, n_out) [+ bias], out[:, r] = sum_{j in ptr[r]..ptr[r+1]} vals[j] * srcP[idx[j], :],
-// srcP (n_src, N) in panel layout. RB consecutive outputs at a time, so writes fill cache lines.
+// One panel (at n0, width w) of out (N, n_out) [+ bias]: out[n0 + i, r] =
+// sum_{j in ptr[r]..ptr[r+1]} vals[j] * src[idx[j] * w + i], src the panel (n_src rows of w).
+// RB consecutive outputs at a time, so the writes fill cache lines. No barrier at the end.
 template <typename T>
-void spmm_p(i64 N, i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* srcP,
-            const T* bias, T* out) {
+void spmm_panel(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src,
+                i64 n0, i64 w, i64 ld_out, const T* bias, T* out) {
   constexpr i64 P = panel<T>();
-  const i64 blocks = (n_out + RB - 1) / RB, nch = chunks_for(n_out), jend = ptr[n_out];
+  const i64 blocks = (n_out + RB - 1) / RB, nch = chunks_for(blocks), jend = ptr[n_out];
   const bool far = n_src * P * i64(sizeof(T)) > PF_MIN;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
   for (i64 ch = 0; ch < nch; ++ch) {
-    const i64 b0 = blocks * ch / nch, b1 = blocks * (ch + 1) / nch;
     alignas(64) T buf[RB][P];
-    for (i64 n0 = 0; n0 < N; n0 += P) {
-      const i64 w = std::min(P, N - n0);
-      const T* src = srcP + n0 * n_src;
-      for (i64 b = b0; b < b1; ++b) {
-        const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
-        for (i64 r = r0; r < r1; ++r) {
-          if (w == P && far) tile_full<T, true>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
-          else if (w == P) tile_full<T, false>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
-          else tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
-        }
-        // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
-        copy_t<T>(&buf[0][0], P, out + n0 * n_out + r0, n_out, r1 - r0, w, bias ? bias + r0 : nullptr);
+    for (i64 b = blocks * ch / nch; b < blocks * (ch + 1) / nch; ++b) {
+      const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
+      for (i64 r = r0; r < r1; ++r) {
+        if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
+        else if (far) tile_full<T, true>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+        else tile_full<T, false>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
       }
+      // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
+      copy_t<T>(&buf[0][0], P, out + n0 * ld_out + r0, ld_out, r1 - r0, w, bias ? bias + r0 : nullptr);
     }
   }
 }
 
-// Sums of G = L vectors at once: out[j] = sum of the lanes of a[j] (pairwise, in a fixed order
-// per lane, so a link's sum does not depend on its neighbours).
+// Sums of L vectors at once: out[j] = sum of the lanes of a[j] (pairwise, in a fixed order per
+// lane, so a link's sum does not depend on its neighbours).
 #if defined(__AVX__)
 inline Vec<float>::type hsum_group(const Vec<float>::type* a) {
   const __m256 s01 = _mm256_hadd_ps(as_native(a[0]), as_native(a[1]));
@@ -284,8 +304,8 @@ template <typename T> inline typename Vec<T>::type hsum_group(const typename Vec
 }
 #endif
 
-// gv[k] (+)= <g, srcP row cols[k]> for the links [k0, k1) of one output whose panel row g (P
-// samples) is held in registers; L links at a time, the last group padded with zeros.
+// gv[k] = (first ? 0 : gv[k]) + <g, src row cols[k]> for the links [k0, k1) of one output, whose
+// panel row g (P samples) is held in registers; L links at a time, the last group padded with zeros.
 template <typename T, bool PF>
 inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0, i64 k1, i64 kend,
                       const T* __restrict src, bool first, T* __restrict gv) {
@@ -322,66 +342,29 @@ inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0,
   }
 }
 
-// gv[k] = <gyT[rows k], xT[cols k]> over the batch (links in CSR order), both in panel layout;
-// a chunk of outputs does every panel in order, so each gv[k] is summed by one thread.
+// One panel of the link gradients: gv[k] (+)= <gyP[rows k], xP[cols k]> over the panel's w
+// samples (links in CSR order); gyP (n_out rows of w) and xP (n_in rows of w) are the panels.
+// No barrier at the end.
 template <typename T>
-void sddmm_p(i64 N, i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, T* gv) {
+void sddmm_panel(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, i64 w,
+                 bool first, T* gv) {
   constexpr i64 P = panel<T>();
-  const i64 nch = chunks_for(n_out), kend = crow[n_out];
+  const i64 nch = chunks_for(n_out / RB), kend = crow[n_out];
   const bool far = n_in * P * i64(sizeof(T)) > PF_MIN;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
   for (i64 ch = 0; ch < nch; ++ch) {
-    const i64 r0 = n_out * ch / nch, r1 = n_out * (ch + 1) / nch;
-    if (N == 0) std::fill(gv + crow[r0], gv + crow[r1], T(0));  // an empty batch: zero gradients
-    for (i64 n0 = 0; n0 < N; n0 += P) {
-      const i64 w = std::min(P, N - n0);
-      const T* src = xP + n0 * n_in;
-      for (i64 r = r0; r < r1; ++r) {
-        const T* g = gyP + n0 * n_out + r * w;
-        if (w == P) {
-          if (far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, src, n0 == 0, gv);
-          else dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, src, n0 == 0, gv);
-          continue;
-        }
+    for (i64 r = n_out * ch / nch; r < n_out * (ch + 1) / nch; ++r) {
+      const T* g = gyP + r * w;
+      if (w == P && far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
+      else if (w == P) dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
+      else {
         for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
-          const T* s = src + cols[k] * w;
+          const T* s = xP + cols[k] * w;
           T acc = T(0);
           for (i64 i = 0; i < w; ++i) acc += g[i] * s[i];
-          gv[k] = n0 == 0 ? acc : gv[k] + acc;
+          gv[k] = first ? acc : gv[k] + acc;
         }
       }
-    }
-  }
-}
-
-// gb[r] = sum over n of gy[n, r], gy (N, n_out) row-major: vectors across outputs, n ascending
-template <typename T>
-void col_sums(i64 N, i64 n_out, const T* gy, T* gb) {
-  typedef typename Vec<T>::type V;
-  constexpr i64 L = 32 / sizeof(T), W = 4 * L;
-  const i64 blocks = (n_out + W - 1) / W;
-#pragma omp for schedule(static)
-  for (i64 b = 0; b < blocks; ++b) {
-    const i64 r0 = b * W;
-    if (r0 + W <= n_out) {
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (i64 n = 0; n < N; ++n) {
-        const T* s = gy + n * n_out + r0;
-        a0 += load<T>(s);
-        a1 += load<T>(s + L);
-        a2 += load<T>(s + 2 * L);
-        a3 += load<T>(s + 3 * L);
-      }
-      store<T>(gb + r0, a0);
-      store<T>(gb + r0 + L, a1);
-      store<T>(gb + r0 + 2 * L, a2);
-      store<T>(gb + r0 + 3 * L, a3);
-      continue;
-    }
-    for (i64 r = r0; r < n_out; ++r) {
-      T acc = T(0);
-      for (i64 n = 0; n < N; ++n) acc += gy[n * n_out + r];
-      gb[r] = acc;
     }
   }
 }
@@ -394,11 +377,13 @@ inline bool go_parallel(i64 work) { return work >= parallel_min; }
 template <typename T>
 void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64* cols, const T* vals,
              const T* bias, T* xP, T* y) {
+  constexpr i64 P = panel<T>();
   const i64 K = crow[n_out];
 #pragma omp parallel if (go_parallel(K * N + N * (n_in + n_out)))
-  {
-    pack<T>(x, xP, N, n_in);  // implicit barrier
-    spmm_p<T>(N, n_out, n_in, crow, cols, vals, xP, bias, y);
+  for (i64 n0 = 0; n0 < N; n0 += P) {
+    const i64 w = std::min(P, N - n0);
+    pack_panel<T>(x, xP + n0 * n_in, n0, w, n_in, nullptr, false);  // implicit barrier
+    spmm_panel<T>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, w, n_out, bias, y);
   }
 }
 
@@ -413,22 +398,34 @@ template <typename T> T* scratch(std::vector<T>& keep, std::vector<T>& once, i64
 template <typename T>
 void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* crow, const i64* cols,
               const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
+  constexpr i64 P = panel<T>();
   const i64 K = crow[n_out];
+  if (N == 0) {  // an empty batch: zero gradients
+    if (gv) std::fill(gv, gv + K, T(0));
+    if (gb) std::fill(gb, gb + n_out, T(0));
+    return;
+  }
   static thread_local std::vector<T> keep_g, keep_v;
   std::vector<T> once_g, once_v;
-  T* gyP = scratch<T>(keep_g, once_g, (gx || gv) ? N * n_out : 0);
+  T* gyP = scratch<T>(keep_g, once_g, (gx || gv) ? std::min(N, P) * n_out : 0);  // one panel of grad_y
   T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);  // the values in CSC order
   const i64 work = (gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out);
 #pragma omp parallel if (go_parallel(work))
   {
-    if (gb) col_sums<T>(N, n_out, gy, gb);
-    if (gx) {
+    if (gx) {  // a gather from all over vals: prefetch (to L2) 64 links ahead to overlap the misses
 #pragma omp for schedule(static) nowait
-      for (i64 j = 0; j < K; ++j) vt[j] = vals[t_perm[j]];
+      for (i64 j = 0; j < K; ++j) {
+        if (j + 64 < K) __builtin_prefetch(vals + t_perm[j + 64], 0, 2);
+        vt[j] = vals[t_perm[j]];
+      }
     }
-    if (gx || gv) pack<T>(gy, gyP, N, n_out);  // implicit barrier
-    if (gv) sddmm_p<T>(N, n_out, n_in, crow, cols, gyP, xP, gv);
-    if (gx) spmm_p<T>(N, n_in, n_out, ccol, t_rows, vt, gyP, nullptr, gx);
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      pack_panel<T>(gy, (gx || gv) ? gyP : nullptr, n0, w, n_out, gb, n0 == 0);  // implicit barrier
+      if (gv) sddmm_panel<T>(n_out, n_in, crow, cols, gyP, xP + n0 * n_in, w, n0 == 0, gv);
+      if (gx) spmm_panel<T>(n_in, n_out, ccol, t_rows, vt, gyP, n0, w, n_in, nullptr, gx);
+#pragma omp barrier
+    }
   }
 }
 
