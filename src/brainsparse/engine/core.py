@@ -20,6 +20,7 @@ from .. import topology
 from .._validation import link_count
 from ..errors import BrainsparseError
 from ..kernels import choose_kernel
+from ..kernels.chain import idle_when
 from ..methods import MethodConfig
 from ..registry import Score, ScoreInput
 from . import state as _state
@@ -256,7 +257,7 @@ class DynamicSparseEngine:
                 x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
                 layer.activations = (x.clone(), output.detach().reshape(-1, output.shape[-1]).clone())
 
-        return hook
+        return idle_when(hook, lambda module: not (module.training and self._before_update()))
 
     def detach(self) -> None:
         """Remove the hooks this engine installed (masks stay on the weights and in the modules)."""

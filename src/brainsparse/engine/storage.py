@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels import SparseLinear
+from ..kernels.chain import idle_when
 from ..registry import Regularizer
 
 #: the name of the bool mask buffer on a masked-path ``nn.Linear``
@@ -290,6 +291,8 @@ class LinkStorage:
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
             output.register_hook(lambda gy: sink(gy.detach().reshape(-1, gy.shape[-1]).T @ x))
 
+        # idle on every other batch: a fused chain of sparse layers may run past it then
+        idle_when(hook, lambda module: not (module.training and torch.is_grad_enabled() and capture()))
         return [self.module.register_forward_hook(hook)]
 
 

@@ -62,6 +62,8 @@ class CpuKernels:
         self.path = path
         self.forward = {}
         self.backward = {}
+        self.chain_forward = {}  # a run of sparse layers + ReLU in one call (kernels/chain.py)
+        self.chain_backward = {}
         for suffix, dtype in (("f32", torch.float32), ("f64", torch.float64)):
             fwd = getattr(lib, f"bs_forward_{suffix}")
             fwd.argtypes, fwd.restype = _FWD_ARGS, None
@@ -69,6 +71,12 @@ class CpuKernels:
             bwd.argtypes, bwd.restype = _BWD_ARGS, None
             self.forward[dtype] = fwd
             self.backward[dtype] = bwd
+            chain_fwd = getattr(lib, f"bs_chain_forward_{suffix}")
+            chain_fwd.argtypes, chain_fwd.restype = [_I64, _I64] + [_PTR] * 9, None
+            chain_bwd = getattr(lib, f"bs_chain_backward_{suffix}")
+            chain_bwd.argtypes, chain_bwd.restype = [_I64, _I64] + [_PTR] * 15, None
+            self.chain_forward[dtype] = chain_fwd
+            self.chain_backward[dtype] = chain_bwd
         lib.bs_ch_l3.argtypes, lib.bs_ch_l3.restype = [_I64, _I64, _PTR, ctypes.c_int, ctypes.c_int, _PTR], ctypes.c_int
         lib.bs_max_threads.restype = ctypes.c_int
         lib.bs_set_parallel_min.argtypes, lib.bs_set_parallel_min.restype = [_I64], None

@@ -88,6 +88,15 @@ class SparseLinear(nn.Module):
             c = self._cached = LinkStructure.from_tensors(b, (self.out_features, self.in_features))
         return c
 
+    def kernel_pointers(self) -> tuple[int, ...]:
+        """Addresses of the contiguous index buffers ``crow, cols, t_perm, t_rows, ccol`` (for the
+        compiled kernels; read afresh at every call, so moved or reshared buffers are seen)."""
+        b = self._buffers
+        tensors = (b["crow"], b["cols"], b["t_perm"], b["t_rows"], b["ccol"])
+        if not all(t.is_contiguous() and t.dtype == torch.int64 for t in tensors):
+            raise BrainsparseError("the sparse layer's index buffers must be contiguous int64 tensors")
+        return tuple(t.data_ptr() for t in tensors)
+
     @property
     def nnz(self) -> int:
         return int(self.rows.numel())

@@ -154,8 +154,10 @@ class _Run:
     def __init__(self, config: TrainConfig, in_features: int, n_classes: int, steps_per_epoch: int, init_data: Tensor):
         torch.manual_seed(config.seed)
         self.model = MLP([in_features, *config.hidden, n_classes]).to(init_data.device)
+        # fused: one kernel per parameter instead of one per operation (same numbers as the loop)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+            fused=init_data.device.type in ("cpu", "cuda"),
         )
         # lr: linear decay 0.025 → 2.5e-4 reached at 90 % of training, stepped every batch
         decay_steps = max(1, int(0.9 * config.epochs * steps_per_epoch))

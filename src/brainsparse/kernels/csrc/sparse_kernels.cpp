@@ -12,7 +12,7 @@
 //
 // BS_SOURCE_VERSION and BS_PARALLEL_MIN are passed with -D by the builder (defaults below).
 #ifndef BS_SOURCE_VERSION
-#define BS_SOURCE_VERSION 4
+#define BS_SOURCE_VERSION 5
 #endif
 #ifndef BS_PARALLEL_MIN
 #define BS_PARALLEL_MIN 2097152
@@ -654,6 +654,88 @@ template <int VAR> void ch_dispatch(const Graph& g, int matrix, float* out) {
   else ch_exact<VAR>(g, out);
 }
 
+
+// ------------------------------------------------ chains of sparse layers + ReLU (one call per pass)
+// A chain keeps every activation transposed, (features, N): layer l reads acts[l] and writes
+// acts[l + 1] directly, so the only transposes are of the chain's input, output and output
+// gradient. Each element is summed in the same order as the single-layer passes above (same
+// tiles, bias added after the sum, ReLU after the bias), so results equal them bit for bit.
+
+// outT[r, :] = [relu](sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :] + bias[r]), then
+// zeroed where keepT[r, :] <= 0 when keepT is given (the backward pass through the previous ReLU).
+template <typename T, bool PERM>
+void spmm_tt(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals, const T* srcT,
+             const T* bias, bool relu, const T* keepT, T* outT) {
+  constexpr i64 NB = 4 * (32 / sizeof(T));
+#pragma omp for schedule(dynamic, 16)
+  for (i64 r = 0; r < n_out; ++r) {
+    alignas(64) T buf[NB];
+    T* o = outT + r * N;
+    const T b = bias ? bias[r] : T(0);
+    const T* keep = keepT ? keepT + r * N : nullptr;
+    for (i64 n0 = 0; n0 < N; n0 += NB) {
+      const i64 nb = std::min<i64>(NB, N - n0);
+      if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf);
+      else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf);
+      for (i64 i = 0; i < nb; ++i) {
+        T v = bias ? buf[i] + b : buf[i];
+        if (relu) v = v < T(0) ? T(0) : v;              // as torch.relu: NaN stays NaN
+        if (keep && keep[n0 + i] <= T(0)) v = T(0);  // as ReLU's backward (threshold_backward)
+        o[n0 + i] = v;
+      }
+    }
+  }
+}
+
+template <typename T>
+void chain_forward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
+                   const T* const* vals, const T* const* bias, const uint8_t* relu, const T* x, T* const* acts, T* y) {
+  // threads as the single-layer passes would use them: when one layer's pass has enough work
+  i64 work = 0;
+  for (i64 l = 0; l < L; ++l) work = std::max(work, crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
+#pragma omp parallel if (go_parallel(work))
+  {
+    transpose<T>(x, acts[0], N, dims[0]);  // implicit barriers after each pass
+    for (i64 l = 0; l < L; ++l)
+      spmm_tt<T, false>(N, dims[l + 1], crow[l], cols[l], nullptr, vals[l], acts[l], bias[l], relu[l] != 0,
+                        nullptr, acts[l + 1]);
+    transpose<T>(acts[L], y, dims[L], N);
+  }
+}
+
+// gT (dims[L], N) scratch, then per layer from the last: link and bias gradients, and the input
+// gradient (transposed, through the previous layer's ReLU) into the other scratch.
+template <typename T>
+void chain_backward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
+                    const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol, const T* const* vals,
+                    const uint8_t* relu, const T* const* acts, const T* gy, T* const* gv, T* const* gb, T* gx,
+                    T* scratch_a, T* scratch_b) {
+  i64 work = 0;
+  for (i64 l = 0; l < L; ++l) work = std::max(work, 2 * crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
+#pragma omp parallel if (go_parallel(work))
+  {
+    T* g = scratch_a;  // private to each thread; every thread swaps its own pair alike
+    T* next = scratch_b;
+    transpose<T>(gy, g, N, dims[L]);
+    if (relu[L - 1]) {
+      const i64 total = dims[L] * N;
+      const T* a = acts[L];
+#pragma omp for schedule(static)
+      for (i64 i = 0; i < total; ++i)
+        if (a[i] <= T(0)) g[i] = T(0);
+    }
+    for (i64 l = L - 1; l >= 0; --l) {
+      if (gv[l] || gb[l]) sddmm_t<T>(N, dims[l + 1], crow[l], cols[l], g, acts[l], gv[l], gb[l]);
+      if (l > 0 || gx) {
+        const T* keep = (l > 0 && relu[l - 1]) ? acts[l] : nullptr;
+        spmm_tt<T, true>(N, dims[l], ccol[l], t_rows[l], t_perm[l], vals[l], g, nullptr, false, keep, next);
+        std::swap(g, next);
+      }
+    }
+    if (gx) transpose<T>(g, gx, dims[0], N);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -697,5 +779,32 @@ int bs_ch_l3(i64 n_out, i64 n_in, const uint8_t* mask, int variant, int matrix, 
     return 2;
   }
   return 0;
+}
+
+// A chain of L sparse layers (see chain_forward / chain_backward): pointer arrays per layer.
+void bs_chain_forward_f32(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
+                          const float* const* vals, const float* const* bias, const uint8_t* relu, const float* x,
+                          float* const* acts, float* y) {
+  chain_forward<float>(L, N, dims, crow, cols, vals, bias, relu, x, acts, y);
+}
+void bs_chain_forward_f64(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
+                          const double* const* vals, const double* const* bias, const uint8_t* relu,
+                          const double* x, double* const* acts, double* y) {
+  chain_forward<double>(L, N, dims, crow, cols, vals, bias, relu, x, acts, y);
+}
+void bs_chain_backward_f32(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
+                           const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol,
+                           const float* const* vals, const uint8_t* relu, const float* const* acts, const float* gy,
+                           float* const* gv, float* const* gb, float* gx, float* scratch_a, float* scratch_b) {
+  chain_backward<float>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx, scratch_a,
+                        scratch_b);
+}
+void bs_chain_backward_f64(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
+                           const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol,
+                           const double* const* vals, const uint8_t* relu, const double* const* acts,
+                           const double* gy, double* const* gv, double* const* gb, double* gx, double* scratch_a,
+                           double* scratch_b) {
+  chain_backward<double>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx, scratch_a,
+                         scratch_b);
 }
 }
