@@ -29,7 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: Bumped when the C ABI of the shared object changes (``bs_version()`` returns it).
-SOURCE_VERSION = 5
+SOURCE_VERSION = 6
 #: Passes with less work than this (multiply-adds: links x samples, twice that for a backward
 #: pass, plus the transposed elements) run on one thread; override with
 #: $BRAINSPARSE_KERNEL_PARALLEL_MIN. The papers' MLP at batch 32 and 1 % density stays below it

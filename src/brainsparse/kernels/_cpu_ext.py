@@ -74,7 +74,7 @@ class CpuKernels:
             chain_fwd = getattr(lib, f"bs_chain_forward_{suffix}")
             chain_fwd.argtypes, chain_fwd.restype = [_I64, _I64] + [_PTR] * 9, None
             chain_bwd = getattr(lib, f"bs_chain_backward_{suffix}")
-            chain_bwd.argtypes, chain_bwd.restype = [_I64, _I64] + [_PTR] * 15, None
+            chain_bwd.argtypes, chain_bwd.restype = [_I64, _I64] + [_PTR] * 13, None
             self.chain_forward[dtype] = chain_fwd
             self.chain_backward[dtype] = chain_bwd
         lib.bs_ch_l3.argtypes, lib.bs_ch_l3.restype = [_I64, _I64, _PTR, ctypes.c_int, ctypes.c_int, _PTR], ctypes.c_int

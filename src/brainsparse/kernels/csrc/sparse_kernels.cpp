@@ -12,7 +12,7 @@
 //
 // BS_SOURCE_VERSION and BS_PARALLEL_MIN are passed with -D by the builder (defaults below).
 #ifndef BS_SOURCE_VERSION
-#define BS_SOURCE_VERSION 5
+#define BS_SOURCE_VERSION 6
 #endif
 #ifndef BS_PARALLEL_MIN
 #define BS_PARALLEL_MIN 2097152
@@ -656,83 +656,136 @@ template <int VAR> void ch_dispatch(const Graph& g, int matrix, float* out) {
 
 
 // ------------------------------------------------ chains of sparse layers + ReLU (one call per pass)
-// A chain keeps every activation transposed, (features, N): layer l reads acts[l] and writes
-// acts[l + 1] directly, so the only transposes are of the chain's input, output and output
-// gradient. Each element is summed in the same order as the single-layer passes above (same
-// tiles, bias added after the sum, ReLU after the bias), so results equal them bit for bit.
+// A chain keeps every activation in the panel layout: layer l reads its input panel acts[l] and
+// writes its output panel acts[l + 1] directly (rows of w samples), so only the chain's input,
+// output and output gradient are packed or unpacked. Each panel goes through all layers while it
+// is in cache. Every element is summed in the same order as the single-layer passes above (same
+// tiles, bias added after the sum, ReLU after the bias; the same per-panel link-gradient and bias
+// sums), so results equal them bit for bit.
 
-// outT[r, :] = [relu](sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :] + bias[r]), then
-// zeroed where keepT[r, :] <= 0 when keepT is given (the backward pass through the previous ReLU).
-template <typename T, bool PERM>
-void spmm_tt(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals, const T* srcT,
-             const T* bias, bool relu, const T* keepT, T* outT) {
-  constexpr i64 NB = 4 * (32 / sizeof(T));
-#pragma omp for schedule(dynamic, 16)
-  for (i64 r = 0; r < n_out; ++r) {
-    alignas(64) T buf[NB];
-    T* o = outT + r * N;
-    const T b = bias ? bias[r] : T(0);
-    const T* keep = keepT ? keepT + r * N : nullptr;
-    for (i64 n0 = 0; n0 < N; n0 += NB) {
-      const i64 nb = std::min<i64>(NB, N - n0);
-      if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf);
-      else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf);
-      for (i64 i = 0; i < nb; ++i) {
-        T v = bias ? buf[i] + b : buf[i];
-        if (relu) v = v < T(0) ? T(0) : v;              // as torch.relu: NaN stays NaN
-        if (keep && keep[n0 + i] <= T(0)) v = T(0);  // as ReLU's backward (threshold_backward)
-        o[n0 + i] = v;
+// One panel of rows: out[r * w + i] = [relu](sum_{j in ptr[r]..ptr[r+1]} vals[j] * src[idx[j] * w + i]
+// + bias[r]), then zero where keep[r * w + i] <= 0 when keep is given (the backward pass through
+// the previous layer's ReLU). Implicit barrier at the end.
+template <typename T>
+void spmm_rows(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src, i64 w,
+               const T* bias, bool relu, const T* keep, T* out) {
+  constexpr i64 P = panel<T>();
+  const i64 nch = chunks_for(n_out / RB), jend = ptr[n_out];
+  const bool far = n_src * P * i64(sizeof(T)) > PF_MIN;
+#pragma omp for schedule(dynamic, 1)
+  for (i64 ch = 0; ch < nch; ++ch) {
+    alignas(64) T buf[P];
+    for (i64 r = n_out * ch / nch; r < n_out * (ch + 1) / nch; ++r) {
+      if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf);
+      else if (far) tile_full<T, true>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf);
+      else tile_full<T, false>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf);
+      T* o = out + r * w;
+      const T* k = keep ? keep + r * w : nullptr;
+      for (i64 i = 0; i < w; ++i) {
+        T v = bias ? buf[i] + bias[r] : buf[i];
+        if (relu) v = v < T(0) ? T(0) : v;       // as torch.relu: NaN stays NaN
+        if (k && k[i] <= T(0)) v = T(0);         // as ReLU's backward (threshold_backward)
+        o[i] = v;
       }
     }
+  }
+}
+
+// dst (w, m) rows of a row-major (N, m) matrix = the panel src (m rows of w), transposed
+template <typename T>
+void unpack_panel(const T* __restrict src, T* __restrict dst, i64 w, i64 m) {
+  const i64 tm = (m + TB - 1) / TB;
+#pragma omp for schedule(static)
+  for (i64 t = 0; t < tm; ++t) {
+    const i64 c0 = t * TB;
+    copy_t<T>(src + c0 * w, w, dst + c0, m, std::min(TB, m - c0), w, nullptr);
   }
 }
 
 template <typename T>
 void chain_forward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                    const T* const* vals, const T* const* bias, const uint8_t* relu, const T* x, T* const* acts, T* y) {
+  constexpr i64 P = panel<T>();
   // threads as the single-layer passes would use them: when one layer's pass has enough work
   i64 work = 0;
   for (i64 l = 0; l < L; ++l) work = std::max(work, crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
 #pragma omp parallel if (go_parallel(work))
-  {
-    transpose<T>(x, acts[0], N, dims[0]);  // implicit barriers after each pass
+  for (i64 n0 = 0; n0 < N; n0 += P) {
+    const i64 w = std::min(P, N - n0);
+    pack_panel<T>(x, acts[0] + n0 * dims[0], n0, w, dims[0], nullptr, false);
     for (i64 l = 0; l < L; ++l)
-      spmm_tt<T, false>(N, dims[l + 1], crow[l], cols[l], nullptr, vals[l], acts[l], bias[l], relu[l] != 0,
-                        nullptr, acts[l + 1]);
-    transpose<T>(acts[L], y, dims[L], N);
+      spmm_rows<T>(dims[l + 1], dims[l], crow[l], cols[l], vals[l], acts[l] + n0 * dims[l], w, bias[l],
+                   relu[l] != 0, nullptr, acts[l + 1] + n0 * dims[l + 1]);
+    unpack_panel<T>(acts[L] + n0 * dims[L], y + n0 * dims[L], w, dims[L]);
   }
 }
 
-// gT (dims[L], N) scratch, then per layer from the last: link and bias gradients, and the input
-// gradient (transposed, through the previous layer's ReLU) into the other scratch.
+// Per panel: grad_y packed (through the last ReLU), then from the last layer down the link
+// gradients, the bias sums and the input-gradient panel (through the previous ReLU).
 template <typename T>
 void chain_backward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                     const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol, const T* const* vals,
-                    const uint8_t* relu, const T* const* acts, const T* gy, T* const* gv, T* const* gb, T* gx,
-                    T* scratch_a, T* scratch_b) {
-  i64 work = 0;
-  for (i64 l = 0; l < L; ++l) work = std::max(work, 2 * crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
+                    const uint8_t* relu, const T* const* acts, const T* gy, T* const* gv, T* const* gb, T* gx) {
+  constexpr i64 P = panel<T>();
+  if (N == 0) {  // an empty batch: zero gradients
+    for (i64 l = 0; l < L; ++l) {
+      if (gv[l]) std::fill(gv[l], gv[l] + crow[l][dims[l + 1]], T(0));
+      if (gb[l]) std::fill(gb[l], gb[l] + dims[l + 1], T(0));
+    }
+    return;
+  }
+  i64 work = 0, dmax = 0, vt_size = 0;
+  std::vector<i64> vt_off(size_t(L) + 1, 0);
+  for (i64 l = 0; l < L; ++l) {
+    const i64 K = crow[l][dims[l + 1]];
+    work = std::max(work, 2 * K * N + N * (dims[l] + dims[l + 1]));
+    vt_off[l + 1] = vt_off[l] + ((l > 0 || gx) ? K : 0);
+  }
+  for (i64 l = 0; l <= L; ++l) dmax = std::max(dmax, dims[l]);
+  vt_size = vt_off[L];
+  std::vector<T> panels(size_t(2 * dmax * P) + 1), vt(size_t(vt_size) + 1);
 #pragma omp parallel if (go_parallel(work))
   {
-    T* g = scratch_a;  // private to each thread; every thread swaps its own pair alike
-    T* next = scratch_b;
-    transpose<T>(gy, g, N, dims[L]);
-    if (relu[L - 1]) {
-      const i64 total = dims[L] * N;
-      const T* a = acts[L];
+    for (i64 l = 0; l < L; ++l) {  // the values in CSC order, as the single-layer pass takes them
+      if (vt_off[l + 1] == vt_off[l]) continue;
+      const i64 K = crow[l][dims[l + 1]];
+      T* v = vt.data() + vt_off[l];
 #pragma omp for schedule(static)
-      for (i64 i = 0; i < total; ++i)
-        if (a[i] <= T(0)) g[i] = T(0);
+      for (i64 j = 0; j < K; ++j) v[j] = vals[l][t_perm[l][j]];
     }
-    for (i64 l = L - 1; l >= 0; --l) {
-      if (gv[l] || gb[l]) sddmm_t<T>(N, dims[l + 1], crow[l], cols[l], g, acts[l], gv[l], gb[l]);
-      if (l > 0 || gx) {
-        const T* keep = (l > 0 && relu[l - 1]) ? acts[l] : nullptr;
-        spmm_tt<T, true>(N, dims[l], ccol[l], t_rows[l], t_perm[l], vals[l], g, nullptr, false, keep, next);
-        std::swap(g, next);
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      const bool first = n0 == 0;
+      T* g = panels.data();  // private copies of the two panel pointers, swapped alike by every thread
+      T* next = panels.data() + dmax * P;
+      pack_panel<T>(gy, g, n0, w, dims[L], nullptr, false);
+      if (relu[L - 1]) {
+        const T* a = acts[L] + n0 * dims[L];
+#pragma omp for schedule(static)
+        for (i64 i = 0; i < dims[L] * w; ++i)
+          if (a[i] <= T(0)) g[i] = T(0);
       }
+      for (i64 l = L - 1; l >= 0; --l) {
+        if (gb[l]) {  // the same order as the pack's column sums: samples ascending, then panels
+#pragma omp for schedule(static) nowait
+          for (i64 r = 0; r < dims[l + 1]; ++r) {
+            T acc = T(0);
+            for (i64 i = 0; i < w; ++i) acc += g[r * w + i];
+            gb[l][r] = first ? acc : gb[l][r] + acc;
+          }
+        }
+        if (gv[l]) sddmm_panel<T>(dims[l + 1], dims[l], crow[l], cols[l], g, acts[l] + n0 * dims[l], w, first, gv[l]);
+        if (l > 0 || gx) {
+          const T* keep = (l > 0 && relu[l - 1]) ? acts[l] + n0 * dims[l] : nullptr;
+          spmm_rows<T>(dims[l], dims[l + 1], ccol[l], t_rows[l], vt.data() + vt_off[l], g, w, nullptr, false, keep,
+                       next);  // implicit barrier: g is free again
+          std::swap(g, next);
+        } else {
+#pragma omp barrier
+        }
+      }
+      if (gx) unpack_panel<T>(g, gx + n0 * dims[0], w, dims[0]);
     }
-    if (gx) transpose<T>(g, gx, dims[0], N);
   }
 }
 
@@ -795,16 +848,13 @@ void bs_chain_forward_f64(i64 L, i64 N, const i64* dims, const i64* const* crow,
 void bs_chain_backward_f32(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                            const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol,
                            const float* const* vals, const uint8_t* relu, const float* const* acts, const float* gy,
-                           float* const* gv, float* const* gb, float* gx, float* scratch_a, float* scratch_b) {
-  chain_backward<float>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx, scratch_a,
-                        scratch_b);
+                           float* const* gv, float* const* gb, float* gx) {
+  chain_backward<float>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx);
 }
 void bs_chain_backward_f64(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                            const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol,
                            const double* const* vals, const uint8_t* relu, const double* const* acts,
-                           const double* gy, double* const* gv, double* const* gb, double* gx, double* scratch_a,
-                           double* scratch_b) {
-  chain_backward<double>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx, scratch_a,
-                         scratch_b);
+                           const double* gy, double* const* gv, double* const* gb, double* gx) {
+  chain_backward<double>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx);
 }
 }
