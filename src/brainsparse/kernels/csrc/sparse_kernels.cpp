@@ -153,23 +153,16 @@ inline void copy_t(const T* src, i64 lds, T* dst, i64 ldd, i64 n, i64 m, const T
 }
 
 // ------------------------------------------------------------------ panel layout of the batch
-// The batch is cut into panels of P samples (128 bytes: 32 floats, 16 doubles); the last panel
-// may be narrower. A transposed activation A (N, m) is stored panel by panel: the panel at sample
-// n0 of width w = min(P, N - n0) starts at n0 * m and holds A[n0 + i, c] at c * w + i. One row of
-// a panel (w samples of one feature) is two cache lines and a whole panel (m x w) is contiguous,
-// so the rows that the links gather stay in L2 while every output is computed for that panel;
-// with one panel (N <= P) this is the plain transpose (m, N). The passes run panel by panel:
-// pack one panel, then every product for it, while it is still in cache.
-#ifndef PANEL_BYTES
-#define PANEL_BYTES 128
-#endif
-#ifndef PF_DIST
-#define PF_DIST 8
-#endif
-#ifndef PF_MIN
-#define PF_MIN (384 << 10)
-#endif
-template <typename T> constexpr i64 panel() { return PANEL_BYTES / sizeof(T); }
+// The batch is cut into panels of P samples (128 bytes: 32 floats, 16 doubles, four vectors);
+// the last panel may be narrower. A transposed activation A (N, m) is stored panel by panel: the
+// panel at sample n0 of width w = min(P, N - n0) starts at n0 * m and holds A[n0 + i, c] at
+// c * w + i. One row of a panel (w samples of one feature) is two cache lines and a whole panel
+// (m x w) is contiguous, so the rows that the links gather stay in L2 while every output is
+// computed for that panel; with one panel (N <= P) this is the plain transpose (m, N). The
+// passes run panel by panel: pack one panel, then every product for it, while it is in cache.
+template <typename T> constexpr i64 panel() { return 128 / sizeof(T); }
+constexpr i64 PF_DIST = 8;          // links ahead whose rows are prefetched, when a panel is
+constexpr i64 PF_MIN = 384 << 10;   // larger than this (prefetching rows already in L2 costs)
 
 // The panel at n0 (width w) of src (N, m) row-major into dst (m rows of w), when dst is given;
 // sums[c] = (first ? 0 : sums[c]) + the column sums of the panel, when sums is given.
@@ -191,40 +184,36 @@ void pack_panel(const T* __restrict src, T* __restrict dst, i64 n0, i64 w, i64 m
 }
 
 // acc[0:P] = sum_{j in [j0, j1)} vals[j] * src[idx[j] * P + (0:P)] for a full panel (rows of P).
-// Two sets of vector accumulators (links alternate) hide the FMA latency. PF: prefetch the rows
-// D links ahead (pays when the panel is larger than L2).
-template <typename T, bool PF>
+// SETS = 2: two sets of accumulators (links alternate, the last odd one in the first set) hide
+// the FMA latency; SETS = 1: one chain in link order, the order the fused backward pass uses for
+// the input gradient. PF: prefetch the rows D links ahead.
+template <typename T, bool PF, int SETS>
 inline void tile_full(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1, i64 jend,
                       const T* __restrict src, T* __restrict acc) {
   typedef typename Vec<T>::type V;
-  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L, D = PF_DIST;
-  V a[NV], b[NV];
-  for (i64 q = 0; q < NV; ++q) a[q] = b[q] = V{};
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L;
+  V a[SETS][NV];
+  for (int t = 0; t < SETS; ++t)
+    for (i64 q = 0; q < NV; ++q) a[t][q] = V{};
   i64 j = j0;
-  for (; j + 1 < j1; j += 2) {
-    if (PF && j + D + 1 < jend) {
-      for (i64 q = 0; q < P; q += 64 / sizeof(T)) {
-        __builtin_prefetch(src + idx[j + D] * P + q);
-        __builtin_prefetch(src + idx[j + D + 1] * P + q);
-      }
-    }
-    const V u = splat<T>(vals[j]), v = splat<T>(vals[j + 1]);
-    const T* s = src + idx[j] * P;
-    const T* t = src + idx[j + 1] * P;
-    for (i64 q = 0; q < NV; ++q) {
-      a[q] += u * load<T>(s + q * L);
-      b[q] += v * load<T>(t + q * L);
+  for (; j + SETS <= j1; j += SETS) {
+    for (int t = 0; t < SETS; ++t) {
+      if (PF && j + t + PF_DIST < jend)
+        for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + idx[j + t + PF_DIST] * P + q);
+      const V u = splat<T>(vals[j + t]);
+      const T* s = src + idx[j + t] * P;
+      for (i64 q = 0; q < NV; ++q) a[t][q] += u * load<T>(s + q * L);
     }
   }
-  if (j < j1) {
+  for (; j < j1; ++j) {
     const V u = splat<T>(vals[j]);
     const T* s = src + idx[j] * P;
-    for (i64 q = 0; q < NV; ++q) a[q] += u * load<T>(s + q * L);
+    for (i64 q = 0; q < NV; ++q) a[0][q] += u * load<T>(s + q * L);
   }
-  for (i64 q = 0; q < NV; ++q) store<T>(acc + q * L, a[q] + b[q]);
+  for (i64 q = 0; q < NV; ++q) store<T>(acc + q * L, SETS == 1 ? a[0][q] : a[0][q] + a[SETS - 1][q]);
 }
 
-// the same for a narrower last panel (rows of w < P samples)
+// the same for a narrower last panel (rows of w < P samples), one chain in link order
 template <typename T>
 inline void tile_part(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1,
                       const T* __restrict src, i64 w, T* __restrict acc) {
@@ -247,10 +236,10 @@ inline i64 chunks_for(i64 n) {
   return threads <= 1 ? 1 : std::min<i64>(std::max<i64>(n, 1), 4 * threads);
 }
 
-// One panel (at n0, width w) of out (N, n_out) [+ bias]: out[n0 + i, r] =
+// One panel (at n0, width w) of out (N, ld_out) [+ bias]: out[n0 + i, r] =
 // sum_{j in ptr[r]..ptr[r+1]} vals[j] * src[idx[j] * w + i], src the panel (n_src rows of w).
 // RB consecutive outputs at a time, so the writes fill cache lines. No barrier at the end.
-template <typename T>
+template <typename T, int SETS>
 void spmm_panel(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src,
                 i64 n0, i64 w, i64 ld_out, const T* bias, T* out) {
   constexpr i64 P = panel<T>();
@@ -263,8 +252,8 @@ void spmm_panel(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* v
       const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
       for (i64 r = r0; r < r1; ++r) {
         if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
-        else if (far) tile_full<T, true>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
-        else tile_full<T, false>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+        else if (far) tile_full<T, true, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+        else tile_full<T, false, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
       }
       // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
       copy_t<T>(&buf[0][0], P, out + n0 * ld_out + r0, ld_out, r1 - r0, w, bias ? bias + r0 : nullptr);
@@ -272,79 +261,90 @@ void spmm_panel(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* v
   }
 }
 
-// Sums of L vectors at once: out[j] = sum of the lanes of a[j] (pairwise, in a fixed order per
-// lane, so a link's sum does not depend on its neighbours).
-#if defined(__AVX__)
-inline Vec<float>::type hsum_group(const Vec<float>::type* a) {
-  const __m256 s01 = _mm256_hadd_ps(as_native(a[0]), as_native(a[1]));
-  const __m256 s23 = _mm256_hadd_ps(as_native(a[2]), as_native(a[3]));
-  const __m256 s45 = _mm256_hadd_ps(as_native(a[4]), as_native(a[5]));
-  const __m256 s67 = _mm256_hadd_ps(as_native(a[6]), as_native(a[7]));
-  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
-  const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
-                                 _mm256_permute2f128_ps(s0123, s4567, 0x31));
-  Vec<float>::type o;
-  std::memcpy(&o, &r, 32);
-  return o;
+// ------------------------------------------------ link gradients: one dot product per link
+// Both orders (CSR: a row of grad_y against gathered rows of x; CSC, fused with the input
+// gradient: a row of x against gathered rows of grad_y) compute a link's dot product on a full
+// panel with the same operations, so every route gives the same bits.
+
+// <a, b> over one panel row as a vector of partial sums: (a0 b0 + a2 b2) + (a1 b1 + a3 b3)
+template <typename T>
+inline typename Vec<T>::type dot_row(const typename Vec<T>::type* a, const T* __restrict b) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T);
+  static_assert(panel<T>() == 4 * L, "a panel row is four vectors");
+  V p = a[0] * load<T>(b), r = a[1] * load<T>(b + L);
+  p += a[2] * load<T>(b + 2 * L);
+  r += a[3] * load<T>(b + 3 * L);
+  return p + r;
 }
-inline Vec<double>::type hsum_group(const Vec<double>::type* a) {
-  const __m256d s01 = _mm256_hadd_pd(as_native(a[0]), as_native(a[1]));
-  const __m256d s23 = _mm256_hadd_pd(as_native(a[2]), as_native(a[3]));
-  const __m256d r = _mm256_add_pd(_mm256_permute2f128_pd(s01, s23, 0x20), _mm256_permute2f128_pd(s01, s23, 0x31));
-  Vec<double>::type o;
-  std::memcpy(&o, &r, 32);
-  return o;
+
+// the same on a narrower last panel: one chain in sample order
+template <typename T> inline T dot_part(const T* __restrict a, const T* __restrict b, i64 w) {
+  T acc = T(0);
+  for (i64 i = 0; i < w; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// out[t] = (first ? 0 : out[t]) + the sum of the lanes of d[t], t < n <= 4: pairwise, in a fixed
+// order per lane, so a link's sum does not depend on the other links of its group
+#if defined(__AVX__)
+inline void add_sums4(const Vec<float>::type* d, i64 n, bool first, float* out) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(as_native(d[0]), as_native(d[1])),
+                                  _mm256_hadd_ps(as_native(d[2]), as_native(d[3])));
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  if (n == 4) {
+    _mm_storeu_ps(out, first ? h : _mm_add_ps(_mm_loadu_ps(out), h));
+    return;
+  }
+  alignas(16) float t[4];
+  _mm_store_ps(t, h);
+  for (i64 j = 0; j < n; ++j) out[j] = first ? t[j] : out[j] + t[j];
+}
+inline void add_sums4(const Vec<double>::type* d, i64 n, bool first, double* out) {
+  const __m256d s01 = _mm256_hadd_pd(as_native(d[0]), as_native(d[1]));
+  const __m256d s23 = _mm256_hadd_pd(as_native(d[2]), as_native(d[3]));
+  const __m256d h = _mm256_add_pd(_mm256_permute2f128_pd(s01, s23, 0x20), _mm256_permute2f128_pd(s01, s23, 0x31));
+  if (n == 4) {
+    _mm256_storeu_pd(out, first ? h : _mm256_add_pd(_mm256_loadu_pd(out), h));
+    return;
+  }
+  alignas(32) double t[4];
+  _mm256_store_pd(t, h);
+  for (i64 j = 0; j < n; ++j) out[j] = first ? t[j] : out[j] + t[j];
 }
 #else
-template <typename T> inline typename Vec<T>::type hsum_group(const typename Vec<T>::type* a) {
-  constexpr int L = 32 / sizeof(T);
-  typename Vec<T>::type o;
-  for (int j = 0; j < L; ++j) o[j] = hsum_any<T>(a[j]);
-  return o;
+template <typename T> inline void add_sums4(const typename Vec<T>::type* d, i64 n, bool first, T* out) {
+  for (i64 j = 0; j < n; ++j) out[j] = first ? hsum_any<T>(d[j]) : out[j] + hsum_any<T>(d[j]);
 }
 #endif
 
 // gv[k] = (first ? 0 : gv[k]) + <g, src row cols[k]> for the links [k0, k1) of one output, whose
-// panel row g (P samples) is held in registers; L links at a time, the last group padded with zeros.
+// panel row g is held in registers; four links at a time.
 template <typename T, bool PF>
 inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0, i64 k1, i64 kend,
                       const T* __restrict src, bool first, T* __restrict gv) {
   typedef typename Vec<T>::type V;
-  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L, D = PF_DIST;
-  V gr[NV];
-  for (i64 q = 0; q < NV; ++q) gr[q] = load<T>(g + q * L);
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>();
+  const V gr[4] = {load<T>(g), load<T>(g + L), load<T>(g + 2 * L), load<T>(g + 3 * L)};
   auto dot = [&](i64 k) {
-    const T* s = src + cols[k] * P;
-    V p = gr[0] * load<T>(s), r = {};
-    for (i64 q = 1; q < NV; ++q) {
-      if (q % 2) r += gr[q] * load<T>(s + q * L);
-      else p += gr[q] * load<T>(s + q * L);
-    }
-    return p + r;
+    if (PF && k + PF_DIST < kend)
+      for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + cols[k + PF_DIST] * P + q);
+    return dot_row<T>(gr, src + cols[k] * P);
   };
   i64 k = k0;
-  for (; k + L <= k1; k += L) {
-    V a[L];
-    for (i64 j = 0; j < L; ++j) {
-      if (PF && k + j + D < kend)
-        for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + cols[k + j + D] * P + q);
-      a[j] = dot(k + j);
-    }
-    const V sum = hsum_group(a);
-    store<T>(gv + k, first ? sum : load<T>(gv + k) + sum);
+  for (; k + 4 <= k1; k += 4) {
+    const V d[4] = {dot(k), dot(k + 1), dot(k + 2), dot(k + 3)};
+    add_sums4(d, 4, first, gv + k);
   }
   if (k < k1) {
     const i64 n = k1 - k;
-    V a[L];
-    for (i64 j = 0; j < L; ++j) a[j] = j < n ? dot(k + j) : V{};
-    const V sum = hsum_group(a);
-    for (i64 j = 0; j < n; ++j) gv[k + j] = first ? sum[j] : gv[k + j] + sum[j];
+    const V d[4] = {dot(k), n > 1 ? dot(k + 1) : V{}, n > 2 ? dot(k + 2) : V{}, V{}};
+    add_sums4(d, n, first, gv + k);
   }
 }
 
-// One panel of the link gradients: gv[k] (+)= <gyP[rows k], xP[cols k]> over the panel's w
-// samples (links in CSR order); gyP (n_out rows of w) and xP (n_in rows of w) are the panels.
-// No barrier at the end.
+// One panel of the link gradients in CSR order: gv[k] (+)= <gyP row r, xP row cols[k]> over the
+// panel's w samples; gyP (n_out rows of w), xP (n_in rows of w). No barrier at the end.
 template <typename T>
 void sddmm_panel(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, i64 w,
                  bool first, T* gv) {
@@ -357,15 +357,88 @@ void sddmm_panel(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T*
       const T* g = gyP + r * w;
       if (w == P && far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
       else if (w == P) dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
-      else {
+      else
         for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
-          const T* s = xP + cols[k] * w;
-          T acc = T(0);
-          for (i64 i = 0; i < w; ++i) acc += g[i] * s[i];
+          const T acc = dot_part<T>(g, xP + cols[k] * w, w);
           gv[k] = first ? acc : gv[k] + acc;
         }
-      }
     }
+  }
+}
+
+// One panel of both gradients, input feature by feature (CSC): gx[n0 + i, c] = sum over the links
+// j of column c of vt[j] * gyP[t_rows[j], i] (one chain, rows ascending, as spmm_panel<T, 1>) and
+// gvt[j] (+)= <xP row c, gyP row t_rows[j]> (links in CSC order). Each gathered row of grad_y
+// serves both products. No barrier at the end.
+template <typename T, bool PF>
+void grads_panel(i64 n_in, const i64* ccol, const i64* t_rows, const T* vt, const T* gyP,
+                 const T* xP, i64 n0, i64 w, bool first, T* gvt, T* gx) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>();
+  const i64 blocks = (n_in + RB - 1) / RB, nch = chunks_for(blocks), jend = ccol[n_in];
+#pragma omp for schedule(dynamic, 1) nowait
+  for (i64 ch = 0; ch < nch; ++ch) {
+    alignas(64) T buf[RB][P];
+    for (i64 b = blocks * ch / nch; b < blocks * (ch + 1) / nch; ++b) {
+      const i64 c0 = b * RB, c1 = std::min(c0 + RB, n_in);
+      for (i64 c = c0; c < c1; ++c) {
+        const T* xr = xP + c * w;
+        T* o = buf[c - c0];
+        if (w < P) {
+          for (i64 i = 0; i < w; ++i) o[i] = T(0);
+          for (i64 j = ccol[c]; j < ccol[c + 1]; ++j) {
+            const T* g = gyP + t_rows[j] * w;
+            for (i64 i = 0; i < w; ++i) o[i] += vt[j] * g[i];
+            const T acc = dot_part<T>(g, xr, w);
+            gvt[j] = first ? acc : gvt[j] + acc;
+          }
+          continue;
+        }
+        const V x[4] = {load<T>(xr), load<T>(xr + L), load<T>(xr + 2 * L), load<T>(xr + 3 * L)};
+        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        auto link = [&](i64 j) {  // both products of link j; returns its dot product's lanes
+          if (PF && j + PF_DIST < jend)
+            for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(gyP + t_rows[j + PF_DIST] * P + q);
+          const T* g = gyP + t_rows[j] * P;
+          const V u = splat<T>(vt[j]);
+          a0 += u * load<T>(g);
+          a1 += u * load<T>(g + L);
+          a2 += u * load<T>(g + 2 * L);
+          a3 += u * load<T>(g + 3 * L);
+          return dot_row<T>(x, g);
+        };
+        i64 j = ccol[c];
+        const i64 j1 = ccol[c + 1];
+        for (; j + 4 <= j1; j += 4) {
+          V d[4];  // in link order: the input gradient's chain runs through them in turn
+          for (int t = 0; t < 4; ++t) d[t] = link(j + t);
+          add_sums4(d, 4, first, gvt + j);
+        }
+        if (j < j1) {
+          const i64 n = j1 - j;
+          V d[4] = {};
+          for (i64 t = 0; t < n; ++t) d[t] = link(j + t);
+          add_sums4(d, n, first, gvt + j);
+        }
+        store<T>(o, a0);
+        store<T>(o + L, a1);
+        store<T>(o + 2 * L, a2);
+        store<T>(o + 3 * L, a3);
+      }
+      copy_t<T>(&buf[0][0], P, gx + n0 * n_in + c0, n_in, c1 - c0, w, nullptr);
+    }
+  }
+}
+
+// out[perm[j]] = in[j] (scatter) or out[j] = in[perm[j]] (gather) over all of vals' links: a
+// permutation between CSR and CSC order; the far side is prefetched 64 links ahead.
+template <typename T, bool SCATTER>
+void permute(const T* __restrict in, const i64* __restrict perm, i64 K, T* __restrict out) {
+#pragma omp for schedule(static) nowait
+  for (i64 j = 0; j < K; ++j) {
+    if (j + 64 < K) __builtin_prefetch(SCATTER ? out + perm[j + 64] : in + perm[j + 64], SCATTER, 2);
+    if (SCATTER) out[perm[j]] = in[j];
+    else out[j] = in[perm[j]];
   }
 }
 
@@ -383,7 +456,7 @@ void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64*
   for (i64 n0 = 0; n0 < N; n0 += P) {
     const i64 w = std::min(P, N - n0);
     pack_panel<T>(x, xP + n0 * n_in, n0, w, n_in, nullptr, false);  // implicit barrier
-    spmm_panel<T>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, w, n_out, bias, y);
+    spmm_panel<T, 2>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, w, n_out, bias, y);
   }
 }
 
@@ -395,6 +468,9 @@ template <typename T> T* scratch(std::vector<T>& keep, std::vector<T>& once, i64
   return s.data();
 }
 
+// With both gradients and more than one panel the fused CSC pass (grads_panel) pays for the two
+// permutations of the link order; otherwise the link gradients come in CSR order (sddmm_panel)
+// and the input gradient from spmm_panel with one chain: the same bits either way.
 template <typename T>
 void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* crow, const i64* cols,
               const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
@@ -405,27 +481,29 @@ void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* c
     if (gb) std::fill(gb, gb + n_out, T(0));
     return;
   }
-  static thread_local std::vector<T> keep_g, keep_v;
-  std::vector<T> once_g, once_v;
+  const bool fused = gx && gv && N > P;
+  static thread_local std::vector<T> keep_g, keep_v, keep_t;
+  std::vector<T> once_g, once_v, once_t;
   T* gyP = scratch<T>(keep_g, once_g, (gx || gv) ? std::min(N, P) * n_out : 0);  // one panel of grad_y
-  T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);  // the values in CSC order
+  T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);                               // values in CSC order
+  T* gvt = scratch<T>(keep_t, once_t, fused ? K : 0);                           // link grads, CSC order
+  const bool far = n_out * P * i64(sizeof(T)) > PF_MIN;
   const i64 work = (gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out);
 #pragma omp parallel if (go_parallel(work))
   {
-    if (gx) {  // a gather from all over vals: prefetch (to L2) 64 links ahead to overlap the misses
-#pragma omp for schedule(static) nowait
-      for (i64 j = 0; j < K; ++j) {
-        if (j + 64 < K) __builtin_prefetch(vals + t_perm[j + 64], 0, 2);
-        vt[j] = vals[t_perm[j]];
-      }
-    }
+    if (gx) permute<T, false>(vals, t_perm, K, vt);
     for (i64 n0 = 0; n0 < N; n0 += P) {
       const i64 w = std::min(P, N - n0);
       pack_panel<T>(gy, (gx || gv) ? gyP : nullptr, n0, w, n_out, gb, n0 == 0);  // implicit barrier
-      if (gv) sddmm_panel<T>(n_out, n_in, crow, cols, gyP, xP + n0 * n_in, w, n0 == 0, gv);
-      if (gx) spmm_panel<T>(n_in, n_out, ccol, t_rows, vt, gyP, n0, w, n_in, nullptr, gx);
+      if (fused && far) grads_panel<T, true>(n_in, ccol, t_rows, vt, gyP, xP + n0 * n_in, n0, w, n0 == 0, gvt, gx);
+      else if (fused) grads_panel<T, false>(n_in, ccol, t_rows, vt, gyP, xP + n0 * n_in, n0, w, n0 == 0, gvt, gx);
+      else {
+        if (gv) sddmm_panel<T>(n_out, n_in, crow, cols, gyP, xP + n0 * n_in, w, n0 == 0, gv);
+        if (gx) spmm_panel<T, 1>(n_in, n_out, ccol, t_rows, vt, gyP, n0, w, n_in, nullptr, gx);
+      }
 #pragma omp barrier
     }
+    if (fused) permute<T, true>(gvt, t_perm, K, gv);
   }
 }
 
