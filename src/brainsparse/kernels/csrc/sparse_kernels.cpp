@@ -430,6 +430,57 @@ void grads_panel(i64 n_in, const i64* ccol, const i64* t_rows, const T* vt, cons
   }
 }
 
+// Both gradients of one panel on one thread, output by output (CSR): gv[k] = <gyP row r, xP row
+// cols[k]> and gxP row cols[k] += vals[k] * gyP row r, gxP (n_in rows of w) zeroed first: each
+// input's chain runs over rows ascending, as in spmm_panel<T, 1>, without permuting the links.
+template <typename T, bool PF>
+void grads_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* vals, const T* gyP,
+                const T* xP, i64 w, T* gv, T* gxP) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>();
+  const i64 kend = crow[n_out];
+  std::fill(gxP, gxP + n_in * w, T(0));
+  for (i64 r = 0; r < n_out; ++r) {
+    const T* g = gyP + r * w;
+    if (w < P) {
+      for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
+        T* o = gxP + cols[k] * w;
+        for (i64 i = 0; i < w; ++i) o[i] += vals[k] * g[i];
+        gv[k] = dot_part<T>(g, xP + cols[k] * w, w);
+      }
+      continue;
+    }
+    const V gr[4] = {load<T>(g), load<T>(g + L), load<T>(g + 2 * L), load<T>(g + 3 * L)};
+    auto link = [&](i64 k) {
+      if (PF && k + PF_DIST < kend)
+        for (i64 q = 0; q < P; q += 64 / sizeof(T)) {
+          __builtin_prefetch(xP + cols[k + PF_DIST] * P + q);
+          __builtin_prefetch(gxP + cols[k + PF_DIST] * P + q, 1);
+        }
+      T* o = gxP + cols[k] * P;
+      const V u = splat<T>(vals[k]);
+      store<T>(o, load<T>(o) + u * gr[0]);
+      store<T>(o + L, load<T>(o + L) + u * gr[1]);
+      store<T>(o + 2 * L, load<T>(o + 2 * L) + u * gr[2]);
+      store<T>(o + 3 * L, load<T>(o + 3 * L) + u * gr[3]);
+      return dot_row<T>(gr, xP + cols[k] * P);
+    };
+    i64 k = crow[r];
+    const i64 k1 = crow[r + 1];
+    for (; k + 4 <= k1; k += 4) {
+      V d[4];
+      for (int t = 0; t < 4; ++t) d[t] = link(k + t);
+      add_sums4(d, 4, true, gv + k);
+    }
+    if (k < k1) {
+      const i64 n = k1 - k;
+      V d[4] = {};
+      for (i64 t = 0; t < n; ++t) d[t] = link(k + t);
+      add_sums4(d, n, true, gv + k);
+    }
+  }
+}
+
 // out[perm[j]] = in[j] (scatter) or out[j] = in[perm[j]] (gather) over all of vals' links: a
 // permutation between CSR and CSC order; the far side is prefetched 64 links ahead.
 template <typename T, bool SCATTER>
@@ -481,6 +532,24 @@ void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* c
     if (gb) std::fill(gb, gb + n_out, T(0));
     return;
   }
+  // one panel on one thread: both gradients in CSR order, no permutation
+#ifdef _OPENMP
+  const bool one_thread = omp_get_max_threads() == 1;
+#else
+  const bool one_thread = true;
+#endif
+  const i64 work = (gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out);
+  if (gx && gv && N <= P && (one_thread || !go_parallel(work))) {
+    static thread_local std::vector<T> keep_p, keep_x;
+    std::vector<T> once_p, once_x;
+    T* gyP = scratch<T>(keep_p, once_p, N * n_out);
+    T* gxP = scratch<T>(keep_x, once_x, N * n_in);
+    pack_panel<T>(gy, gyP, 0, N, n_out, gb, true);
+    if (n_in * P * i64(sizeof(T)) > PF_MIN) grads_rows<T, true>(n_out, n_in, crow, cols, vals, gyP, xP, N, gv, gxP);
+    else grads_rows<T, false>(n_out, n_in, crow, cols, vals, gyP, xP, N, gv, gxP);
+    copy_t<T>(gxP, N, gx, n_in, n_in, N, nullptr);  // gx[n, c] = gxP[c * N + n]
+    return;
+  }
   const bool fused = gx && gv && N > P;
   static thread_local std::vector<T> keep_g, keep_v, keep_t;
   std::vector<T> once_g, once_v, once_t;
@@ -488,7 +557,6 @@ void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* c
   T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);                               // values in CSC order
   T* gvt = scratch<T>(keep_t, once_t, fused ? K : 0);                           // link grads, CSC order
   const bool far = n_out * P * i64(sizeof(T)) > PF_MIN;
-  const i64 work = (gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out);
 #pragma omp parallel if (go_parallel(work))
   {
     if (gx) permute<T, false>(vals, t_perm, K, vt);
