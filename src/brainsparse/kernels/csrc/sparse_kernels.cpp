@@ -3,16 +3,24 @@
 // vector extensions, AVX intrinsics when the compiler targets AVX, OpenMP optional; no PyTorch or
 // Python headers. Built and loaded (ctypes) by brainsparse/kernels/_build.py and _cpu_ext.py.
 //
-// Data layout: activations arrive row-major (N, in). The forward pass transposes x to xT (in, N)
-// (saved for the backward pass), so every link multiplies a contiguous run of the batch (SIMD over
-// samples): y[:, r] = sum_{k in row r} v[k] * xT[cols[k], :]. The backward pass transposes grad_y
-// likewise, then computes grad_v[k] = <gyT[rows[k]], xT[cols[k]]> row by row and
-// grad_x[:, c] = sum_{k in column c} v[k] * gyT[rows[k], :] column by column (CSC). Every output
-// element is summed by one thread in a fixed order: results do not depend on the thread count.
+// Data layout: activations arrive row-major (N, in). The batch is cut into panels of 128 bytes
+// (32 floats / 16 doubles); the forward pass transposes x panel by panel into xP ("panel layout",
+// see pack_panel; saved for the backward pass, the plain transpose (in, N) when N fits one panel),
+// so every link multiplies a contiguous run of a panel (SIMD over samples) and a whole panel of x
+// stays in L2 while all outputs are computed for it: y[n, r] = sum_{k in row r} v[k] * xP[cols[k]].
+// The backward pass transposes grad_y one panel at a time (the bias gradient summed on the way)
+// and computes, per panel, grad_v[k] = <gyP[rows[k]], xP[cols[k]]> and grad_x[n, c] =
+// sum_{k in column c} v[k] * gyP[rows[k]]. With both gradients over several panels they come from
+// one pass in CSC order (grads_panel: each gathered row of grad_y serves both products; values
+// and link gradients permuted between CSR and CSC order once per call); over one panel on one
+// thread from one pass in CSR order (grads_rows: no permutation); otherwise from a CSR pass for
+// grad_v and a CSC pass for grad_x. All routes share the per-link arithmetic, so they agree bit for
+// bit. Every output element is summed by one thread in a fixed order: results do not depend on
+// the thread count.
 //
 // BS_SOURCE_VERSION and BS_PARALLEL_MIN are passed with -D by the builder (defaults below).
 #ifndef BS_SOURCE_VERSION
-#define BS_SOURCE_VERSION 4
+#define BS_SOURCE_VERSION 5
 #endif
 #ifndef BS_PARALLEL_MIN
 #define BS_PARALLEL_MIN 2097152
