@@ -172,23 +172,34 @@ template <typename T> constexpr i64 panel() { return 128 / sizeof(T); }
 constexpr i64 PF_DIST = 8;          // links ahead whose rows are prefetched, when a panel is
 constexpr i64 PF_MIN = 384 << 10;   // larger than this (prefetching rows already in L2 costs)
 
-// The panel at n0 (width w) of src (N, m) row-major into dst (m rows of w), when dst is given;
-// sums[c] = (first ? 0 : sums[c]) + the column sums of the panel, when sums is given.
-// Orphaned worksharing (parallel inside a region), implicit barrier.
+// Columns [c0, c0 + nc) of the panel at n0 (width w) of src (N, m) row-major into the panel dst
+// (m rows of w), when dst is given; sums[c] = (first ? 0 : sums[c]) + the panel's column sums,
+// when sums is given.
 template <typename T>
-void pack_panel(const T* __restrict src, T* __restrict dst, i64 n0, i64 w, i64 m, T* __restrict sums, bool first) {
-  const i64 tm = (m + TB - 1) / TB;
+inline void pack_tile(const T* __restrict src, T* __restrict dst, i64 n0, i64 w, i64 m, i64 c0, i64 nc,
+                      T* __restrict sums, bool first) {
+  const T* s = src + n0 * m + c0;
+  if (dst) copy_t<T>(s, m, dst + c0 * w, w, w, nc, nullptr);
+  if (!sums) return;
+  T acc[TB] = {};
+  for (i64 i = 0; i < w; ++i)
+    for (i64 j = 0; j < nc; ++j) acc[j] += s[i * m + j];
+  for (i64 j = 0; j < nc; ++j) sums[c0 + j] = first ? acc[j] : sums[c0 + j] + acc[j];
+}
+
+// one panel (at n0, width w) into dst, the panel's base
+template <typename T> void pack_panel(const T* src, T* dst, i64 n0, i64 w, i64 m, T* sums, bool first) {
+  for (i64 c0 = 0; c0 < m; c0 += TB) pack_tile<T>(src, dst, n0, w, m, c0, std::min(TB, m - c0), sums, first);
+}
+
+// every panel, column tiles shared among the threads (orphaned worksharing, implicit barrier);
+// a tile's panels in order, so each column sum is summed by one thread in panel order
+template <typename T> void pack_all(const T* src, T* dst, i64 N, i64 m, T* sums) {
+  constexpr i64 P = panel<T>();
 #pragma omp for schedule(static)
-  for (i64 t = 0; t < tm; ++t) {
-    const i64 c0 = t * TB, nc = std::min(TB, m - c0);
-    const T* s = src + n0 * m + c0;
-    if (dst) copy_t<T>(s, m, dst + c0 * w, w, w, nc, nullptr);
-    if (!sums) continue;
-    T acc[TB] = {};
-    for (i64 i = 0; i < w; ++i)
-      for (i64 j = 0; j < nc; ++j) acc[j] += s[i * m + j];
-    for (i64 j = 0; j < nc; ++j) sums[c0 + j] = first ? acc[j] : sums[c0 + j] + acc[j];
-  }
+  for (i64 c0 = 0; c0 < m; c0 += TB)
+    for (i64 n0 = 0; n0 < N; n0 += P)
+      pack_tile<T>(src, dst + n0 * m, n0, std::min(P, N - n0), m, c0, std::min(TB, m - c0), sums, n0 == 0);
 }
 
 // acc[0:P] = sum_{j in [j0, j1)} vals[j] * src[idx[j] * P + (0:P)] for a full panel (rows of P).
@@ -233,39 +244,36 @@ inline void tile_part(const i64* __restrict idx, const T* __restrict vals, i64 j
   }
 }
 
-// Work items of a panel pass over n items: all of them at once on one thread, else a few
-// chunks per thread (dynamic). The split never changes what is summed, or in which order.
+// Work items of a parallel panel pass over n items: a few chunks per thread. The split never
+// changes what is summed, or in which order.
 inline i64 chunks_for(i64 n) {
 #ifdef _OPENMP
   const i64 threads = omp_get_num_threads();
 #else
   const i64 threads = 1;
 #endif
-  return threads <= 1 ? 1 : std::min<i64>(std::max<i64>(n, 1), 4 * threads);
+  return std::min<i64>(std::max<i64>(n, 1), 4 * threads);
 }
 
-// One panel (at n0, width w) of out (N, ld_out) [+ bias]: out[n0 + i, r] =
-// sum_{j in ptr[r]..ptr[r+1]} vals[j] * src[idx[j] * w + i], src the panel (n_src rows of w).
-// RB consecutive outputs at a time, so the writes fill cache lines. No barrier at the end.
+// One panel (at n0, width w) of out (N, ld_out) [+ bias], the outputs of row blocks [b0, b1):
+// out[n0 + i, r] = sum_{j in ptr[r]..ptr[r+1]} vals[j] * src[idx[j] * w + i], src the panel
+// (n_src rows of w). RB consecutive outputs at a time, so the writes fill cache lines.
 template <typename T, int SETS>
-void spmm_panel(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src,
-                i64 n0, i64 w, i64 ld_out, const T* bias, T* out) {
+void spmm_rows(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src, i64 n0,
+               i64 w, i64 ld_out, const T* bias, T* out, i64 b0, i64 b1) {
   constexpr i64 P = panel<T>();
-  const i64 blocks = (n_out + RB - 1) / RB, nch = chunks_for(blocks), jend = ptr[n_out];
+  const i64 jend = ptr[n_out];
   const bool far = n_src * P * i64(sizeof(T)) > PF_MIN;
-#pragma omp for schedule(dynamic, 1) nowait
-  for (i64 ch = 0; ch < nch; ++ch) {
-    alignas(64) T buf[RB][P];
-    for (i64 b = blocks * ch / nch; b < blocks * (ch + 1) / nch; ++b) {
-      const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
-      for (i64 r = r0; r < r1; ++r) {
-        if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
-        else if (far) tile_full<T, true, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
-        else tile_full<T, false, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
-      }
-      // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
-      copy_t<T>(&buf[0][0], P, out + n0 * ld_out + r0, ld_out, r1 - r0, w, bias ? bias + r0 : nullptr);
+  alignas(64) T buf[RB][P];
+  for (i64 b = b0; b < b1; ++b) {
+    const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
+    for (i64 r = r0; r < r1; ++r) {
+      if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
+      else if (far) tile_full<T, true, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+      else tile_full<T, false, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
     }
+    // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
+    copy_t<T>(&buf[0][0], P, out + n0 * ld_out + r0, ld_out, r1 - r0, w, bias ? bias + r0 : nullptr);
   }
 }
 
@@ -351,96 +359,90 @@ inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0,
   }
 }
 
-// One panel of the link gradients in CSR order: gv[k] (+)= <gyP row r, xP row cols[k]> over the
-// panel's w samples; gyP (n_out rows of w), xP (n_in rows of w). No barrier at the end.
+// One panel of the link gradients in CSR order, outputs [r0, r1): gv[k] (+)= <gyP row r, xP row
+// cols[k]> over the panel's w samples; gyP (n_out rows of w), xP (n_in rows of w).
 template <typename T>
-void sddmm_panel(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, i64 w,
-                 bool first, T* gv) {
+void sddmm_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, i64 w,
+                bool first, T* gv, i64 r0, i64 r1) {
   constexpr i64 P = panel<T>();
-  const i64 nch = chunks_for(n_out / RB), kend = crow[n_out];
+  const i64 kend = crow[n_out];
   const bool far = n_in * P * i64(sizeof(T)) > PF_MIN;
-#pragma omp for schedule(dynamic, 1) nowait
-  for (i64 ch = 0; ch < nch; ++ch) {
-    for (i64 r = n_out * ch / nch; r < n_out * (ch + 1) / nch; ++r) {
-      const T* g = gyP + r * w;
-      if (w == P && far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
-      else if (w == P) dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
-      else
-        for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
-          const T acc = dot_part<T>(g, xP + cols[k] * w, w);
-          gv[k] = first ? acc : gv[k] + acc;
-        }
-    }
+  for (i64 r = r0; r < r1; ++r) {
+    const T* g = gyP + r * w;
+    if (w == P && far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
+    else if (w == P) dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
+    else
+      for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
+        const T acc = dot_part<T>(g, xP + cols[k] * w, w);
+        gv[k] = first ? acc : gv[k] + acc;
+      }
   }
 }
 
 // One panel of both gradients, input feature by feature (CSC): gx[n0 + i, c] = sum over the links
-// j of column c of vt[j] * gyP[t_rows[j], i] (one chain, rows ascending, as spmm_panel<T, 1>) and
+// j of column c of vt[j] * gyP[t_rows[j], i] (one chain, rows ascending, as spmm_rows<T, 1>) and
 // gvt[j] (+)= <xP row c, gyP row t_rows[j]> (links in CSC order). Each gathered row of grad_y
-// serves both products. No barrier at the end.
+// serves both products. Column blocks [b0, b1).
 template <typename T, bool PF>
-void grads_panel(i64 n_in, const i64* ccol, const i64* t_rows, const T* vt, const T* gyP,
-                 const T* xP, i64 n0, i64 w, bool first, T* gvt, T* gx) {
+void grads_cols(i64 n_in, const i64* ccol, const i64* t_rows, const T* vt, const T* gyP, const T* xP,
+                i64 n0, i64 w, bool first, T* gvt, T* gx, i64 b0, i64 b1) {
   typedef typename Vec<T>::type V;
   constexpr i64 L = 32 / sizeof(T), P = panel<T>();
-  const i64 blocks = (n_in + RB - 1) / RB, nch = chunks_for(blocks), jend = ccol[n_in];
-#pragma omp for schedule(dynamic, 1) nowait
-  for (i64 ch = 0; ch < nch; ++ch) {
-    alignas(64) T buf[RB][P];
-    for (i64 b = blocks * ch / nch; b < blocks * (ch + 1) / nch; ++b) {
-      const i64 c0 = b * RB, c1 = std::min(c0 + RB, n_in);
-      for (i64 c = c0; c < c1; ++c) {
-        const T* xr = xP + c * w;
-        T* o = buf[c - c0];
-        if (w < P) {
-          for (i64 i = 0; i < w; ++i) o[i] = T(0);
-          for (i64 j = ccol[c]; j < ccol[c + 1]; ++j) {
-            const T* g = gyP + t_rows[j] * w;
-            for (i64 i = 0; i < w; ++i) o[i] += vt[j] * g[i];
-            const T acc = dot_part<T>(g, xr, w);
-            gvt[j] = first ? acc : gvt[j] + acc;
-          }
-          continue;
+  const i64 jend = ccol[n_in];
+  alignas(64) T buf[RB][P];
+  for (i64 b = b0; b < b1; ++b) {
+    const i64 c0 = b * RB, c1 = std::min(c0 + RB, n_in);
+    for (i64 c = c0; c < c1; ++c) {
+      const T* xr = xP + c * w;
+      T* o = buf[c - c0];
+      if (w < P) {
+        for (i64 i = 0; i < w; ++i) o[i] = T(0);
+        for (i64 j = ccol[c]; j < ccol[c + 1]; ++j) {
+          const T* g = gyP + t_rows[j] * w;
+          for (i64 i = 0; i < w; ++i) o[i] += vt[j] * g[i];
+          const T acc = dot_part<T>(g, xr, w);
+          gvt[j] = first ? acc : gvt[j] + acc;
         }
-        const V x[4] = {load<T>(xr), load<T>(xr + L), load<T>(xr + 2 * L), load<T>(xr + 3 * L)};
-        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        auto link = [&](i64 j) {  // both products of link j; returns its dot product's lanes
-          if (PF && j + PF_DIST < jend)
-            for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(gyP + t_rows[j + PF_DIST] * P + q);
-          const T* g = gyP + t_rows[j] * P;
-          const V u = splat<T>(vt[j]);
-          a0 += u * load<T>(g);
-          a1 += u * load<T>(g + L);
-          a2 += u * load<T>(g + 2 * L);
-          a3 += u * load<T>(g + 3 * L);
-          return dot_row<T>(x, g);
-        };
-        i64 j = ccol[c];
-        const i64 j1 = ccol[c + 1];
-        for (; j + 4 <= j1; j += 4) {
-          V d[4];  // in link order: the input gradient's chain runs through them in turn
-          for (int t = 0; t < 4; ++t) d[t] = link(j + t);
-          add_sums4(d, 4, first, gvt + j);
-        }
-        if (j < j1) {
-          const i64 n = j1 - j;
-          V d[4] = {};
-          for (i64 t = 0; t < n; ++t) d[t] = link(j + t);
-          add_sums4(d, n, first, gvt + j);
-        }
-        store<T>(o, a0);
-        store<T>(o + L, a1);
-        store<T>(o + 2 * L, a2);
-        store<T>(o + 3 * L, a3);
+        continue;
       }
-      copy_t<T>(&buf[0][0], P, gx + n0 * n_in + c0, n_in, c1 - c0, w, nullptr);
+      const V x[4] = {load<T>(xr), load<T>(xr + L), load<T>(xr + 2 * L), load<T>(xr + 3 * L)};
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      auto link = [&](i64 j) {  // both products of link j; returns its dot product's lanes
+        if (PF && j + PF_DIST < jend)
+          for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(gyP + t_rows[j + PF_DIST] * P + q);
+        const T* g = gyP + t_rows[j] * P;
+        const V u = splat<T>(vt[j]);
+        a0 += u * load<T>(g);
+        a1 += u * load<T>(g + L);
+        a2 += u * load<T>(g + 2 * L);
+        a3 += u * load<T>(g + 3 * L);
+        return dot_row<T>(x, g);
+      };
+      i64 j = ccol[c];
+      const i64 j1 = ccol[c + 1];
+      for (; j + 4 <= j1; j += 4) {
+        V d[4];  // in link order: the input gradient's chain runs through them in turn
+        for (int t = 0; t < 4; ++t) d[t] = link(j + t);
+        add_sums4(d, 4, first, gvt + j);
+      }
+      if (j < j1) {
+        const i64 n = j1 - j;
+        V d[4] = {};
+        for (i64 t = 0; t < n; ++t) d[t] = link(j + t);
+        add_sums4(d, n, first, gvt + j);
+      }
+      store<T>(o, a0);
+      store<T>(o + L, a1);
+      store<T>(o + 2 * L, a2);
+      store<T>(o + 3 * L, a3);
     }
+    copy_t<T>(&buf[0][0], P, gx + n0 * n_in + c0, n_in, c1 - c0, w, nullptr);
   }
 }
 
 // Both gradients of one panel on one thread, output by output (CSR): gv[k] = <gyP row r, xP row
 // cols[k]> and gxP row cols[k] += vals[k] * gyP row r, gxP (n_in rows of w) zeroed first: each
-// input's chain runs over rows ascending, as in spmm_panel<T, 1>, without permuting the links.
+// input's chain runs over rows ascending, as in spmm_rows<T, 1>, without permuting the links.
 template <typename T, bool PF>
 void grads_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* vals, const T* gyP,
                 const T* xP, i64 w, T* gv, T* gxP) {
@@ -489,47 +491,114 @@ void grads_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* 
   }
 }
 
-// out[perm[j]] = in[j] (scatter) or out[j] = in[perm[j]] (gather) over all of vals' links: a
+// out[perm[j]] = in[j] (scatter) or out[j] = in[perm[j]] (gather) for j in [j0, j1), a
 // permutation between CSR and CSC order; the far side is prefetched 64 links ahead.
 template <typename T, bool SCATTER>
-void permute(const T* __restrict in, const i64* __restrict perm, i64 K, T* __restrict out) {
-#pragma omp for schedule(static) nowait
-  for (i64 j = 0; j < K; ++j) {
+void permute(const T* __restrict in, const i64* __restrict perm, i64 K, T* __restrict out, i64 j0, i64 j1) {
+  for (i64 j = j0; j < j1; ++j) {
     if (j + 64 < K) __builtin_prefetch(SCATTER ? out + perm[j + 64] : in + perm[j + 64], SCATTER, 2);
     if (SCATTER) out[perm[j]] = in[j];
     else out[j] = in[perm[j]];
   }
 }
 
+// the same, the links shared among the threads (orphaned worksharing, no barrier)
+template <typename T, bool SCATTER> void permute_shared(const T* in, const i64* perm, i64 K, T* out) {
+  const i64 nch = chunks_for(K / 4096);
+#pragma omp for schedule(static) nowait
+  for (i64 ch = 0; ch < nch; ++ch) permute<T, SCATTER>(in, perm, K, out, K * ch / nch, K * (ch + 1) / nch);
+}
+
 // Below this much work a pass runs on one thread (see PARALLEL_MIN in _build.py).
 i64 parallel_min = BS_PARALLEL_MIN;
 
-inline bool go_parallel(i64 work) { return work >= parallel_min; }
+// A pass runs on several threads when there are several and the work (multiply-adds plus
+// transposed elements) reaches parallel_min. On one thread the passes go panel by panel (pack
+// a panel, then every product for it, while it is in cache) with no OpenMP at all; on several,
+// every panel is packed first and the panel loops need no barrier (a static schedule gives a
+// chunk of outputs to the same thread in every panel, so sums over panels stay on one thread).
+inline bool go_parallel(i64 work) {
+#ifdef _OPENMP
+  return work >= parallel_min && omp_get_max_threads() > 1;
+#else
+  (void)work;
+  return false;
+#endif
+}
 
 template <typename T>
 void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64* cols, const T* vals,
              const T* bias, T* xP, T* y) {
   constexpr i64 P = panel<T>();
-  const i64 K = crow[n_out];
-#pragma omp parallel if (go_parallel(K * N + N * (n_in + n_out)))
-  for (i64 n0 = 0; n0 < N; n0 += P) {
-    const i64 w = std::min(P, N - n0);
-    pack_panel<T>(x, xP + n0 * n_in, n0, w, n_in, nullptr, false);  // implicit barrier
-    spmm_panel<T, 2>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, w, n_out, bias, y);
+  const i64 K = crow[n_out], blocks = (n_out + RB - 1) / RB;
+  if (!go_parallel(K * N + N * (n_in + n_out))) {
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      pack_panel<T>(x, xP + n0 * n_in, n0, w, n_in, nullptr, false);
+      spmm_rows<T, 2>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, w, n_out, bias, y, 0, blocks);
+    }
+    return;
+  }
+#pragma omp parallel
+  {
+    pack_all<T>(x, xP, N, n_in, nullptr);  // implicit barrier
+    const i64 nch = chunks_for(blocks);
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+#pragma omp for schedule(dynamic, 1) nowait
+      for (i64 ch = 0; ch < nch; ++ch)
+        spmm_rows<T, 2>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, std::min(P, N - n0), n_out, bias, y,
+                        blocks * ch / nch, blocks * (ch + 1) / nch);
+    }
   }
 }
 
-// Scratch kept per thread between calls (no page faults on reuse), up to 16 MiB.
+// Scratch kept per thread between calls (no page faults on reuse), up to 16 MiB; 64-byte aligned,
+// so a panel row is two cache lines and no vector load splits one.
 template <typename T> T* scratch(std::vector<T>& keep, std::vector<T>& once, i64 n) {
-  const size_t need = size_t(std::max<i64>(n, 1));
+  const size_t need = size_t(std::max<i64>(n, 1)) + 64 / sizeof(T);
   std::vector<T>& s = need * sizeof(T) <= (size_t(16) << 20) ? keep : once;
   if (s.size() < need) s.resize(need);
-  return s.data();
+  const uintptr_t p = reinterpret_cast<uintptr_t>(s.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
 }
 
-// With both gradients and more than one panel the fused CSC pass (grads_panel) pays for the two
-// permutations of the link order; otherwise the link gradients come in CSR order (sddmm_panel)
-// and the input gradient from spmm_panel with one chain: the same bits either way.
+// The backward products of one panel (gyP and xP its panels), on one thread or as this thread's
+// share: fused (both gradients, CSC order, link gradients into gvt) or a CSR pass for gv and a
+// CSC pass for gx (one chain per input, as the fused pass). Static chunks: the same outputs or
+// inputs go to the same thread in every panel.
+template <typename T>
+void backward_panel(i64 n_in, i64 n_out, const i64* crow, const i64* cols, const i64* t_rows, const i64* ccol,
+                    const T* vt, const T* gyP, const T* xP, i64 n0, i64 w, bool fused, T* gx, T* gv, T* gvt,
+                    bool shared) {
+  constexpr i64 P = panel<T>();
+  const bool first = n0 == 0, far = n_out * P * i64(sizeof(T)) > PF_MIN;
+  const i64 cblocks = (n_in + RB - 1) / RB, cch = shared ? chunks_for(cblocks) : 1;
+  if (fused) {
+#pragma omp for schedule(static) nowait
+    for (i64 ch = 0; ch < cch; ++ch) {
+      const i64 b0 = cblocks * ch / cch, b1 = cblocks * (ch + 1) / cch;
+      if (far) grads_cols<T, true>(n_in, ccol, t_rows, vt, gyP, xP, n0, w, first, gvt, gx, b0, b1);
+      else grads_cols<T, false>(n_in, ccol, t_rows, vt, gyP, xP, n0, w, first, gvt, gx, b0, b1);
+    }
+    return;
+  }
+  if (gv) {
+    const i64 rch = shared ? chunks_for(n_out / RB) : 1;
+#pragma omp for schedule(static) nowait
+    for (i64 ch = 0; ch < rch; ++ch)
+      sddmm_rows<T>(n_out, n_in, crow, cols, gyP, xP, w, first, gv, n_out * ch / rch, n_out * (ch + 1) / rch);
+  }
+  if (gx) {
+#pragma omp for schedule(dynamic, 1) nowait
+    for (i64 ch = 0; ch < cch; ++ch)
+      spmm_rows<T, 1>(n_in, n_out, ccol, t_rows, vt, gyP, n0, w, n_in, nullptr, gx, cblocks * ch / cch,
+                      cblocks * (ch + 1) / cch);
+  }
+}
+
+// With both gradients and more than one panel the fused CSC pass pays for the two permutations of
+// the link order; with one panel on one thread both gradients come from one CSR pass (grads_rows);
+// otherwise separate passes. The same bits every way.
 template <typename T>
 void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* crow, const i64* cols,
               const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
@@ -540,49 +609,48 @@ void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* c
     if (gb) std::fill(gb, gb + n_out, T(0));
     return;
   }
-  // one panel on one thread: both gradients in CSR order, no permutation
-#ifdef _OPENMP
-  const bool one_thread = omp_get_max_threads() == 1;
-#else
-  const bool one_thread = true;
-#endif
-  const i64 work = (gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out);
-  if (gx && gv && N <= P && (one_thread || !go_parallel(work))) {
-    static thread_local std::vector<T> keep_p, keep_x;
-    std::vector<T> once_p, once_x;
-    T* gyP = scratch<T>(keep_p, once_p, N * n_out);
-    T* gxP = scratch<T>(keep_x, once_x, N * n_in);
+  const bool parallel = go_parallel((gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out));
+  const bool fused = gx && gv && N > P, packed = gx || gv;
+  static thread_local std::vector<T> keep_g, keep_v, keep_t;
+  std::vector<T> once_g, once_v, once_t;
+  // grad_y in panel layout: one panel on one thread (packed as it is used), all of it on several
+  T* gyP = scratch<T>(keep_g, once_g, packed ? (parallel ? N : std::min(N, P)) * n_out : 0);
+  if (!parallel && gx && gv && N <= P) {
+    T* gxP = scratch<T>(keep_v, once_v, N * n_in);
     pack_panel<T>(gy, gyP, 0, N, n_out, gb, true);
     if (n_in * P * i64(sizeof(T)) > PF_MIN) grads_rows<T, true>(n_out, n_in, crow, cols, vals, gyP, xP, N, gv, gxP);
     else grads_rows<T, false>(n_out, n_in, crow, cols, vals, gyP, xP, N, gv, gxP);
     copy_t<T>(gxP, N, gx, n_in, n_in, N, nullptr);  // gx[n, c] = gxP[c * N + n]
     return;
   }
-  const bool fused = gx && gv && N > P;
-  static thread_local std::vector<T> keep_g, keep_v, keep_t;
-  std::vector<T> once_g, once_v, once_t;
-  T* gyP = scratch<T>(keep_g, once_g, (gx || gv) ? std::min(N, P) * n_out : 0);  // one panel of grad_y
-  T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);                               // values in CSC order
-  T* gvt = scratch<T>(keep_t, once_t, fused ? K : 0);                           // link grads, CSC order
-  const bool far = n_out * P * i64(sizeof(T)) > PF_MIN;
-#pragma omp parallel if (go_parallel(work))
-  {
-    if (gx) permute<T, false>(vals, t_perm, K, vt);
+  T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);        // the values in CSC order
+  T* gvt = scratch<T>(keep_t, once_t, fused ? K : 0);    // the link gradients in CSC order
+  if (!parallel) {
+    if (gx) permute<T, false>(vals, t_perm, K, vt, 0, K);
     for (i64 n0 = 0; n0 < N; n0 += P) {
       const i64 w = std::min(P, N - n0);
-      pack_panel<T>(gy, (gx || gv) ? gyP : nullptr, n0, w, n_out, gb, n0 == 0);  // implicit barrier
-      if (fused && far) grads_panel<T, true>(n_in, ccol, t_rows, vt, gyP, xP + n0 * n_in, n0, w, n0 == 0, gvt, gx);
-      else if (fused) grads_panel<T, false>(n_in, ccol, t_rows, vt, gyP, xP + n0 * n_in, n0, w, n0 == 0, gvt, gx);
-      else {
-        if (gv) sddmm_panel<T>(n_out, n_in, crow, cols, gyP, xP + n0 * n_in, w, n0 == 0, gv);
-        if (gx) spmm_panel<T, 1>(n_in, n_out, ccol, t_rows, vt, gyP, n0, w, n_in, nullptr, gx);
-      }
-#pragma omp barrier
+      pack_panel<T>(gy, packed ? gyP : nullptr, n0, w, n_out, gb, n0 == 0);
+      if (packed)
+        backward_panel<T>(n_in, n_out, crow, cols, t_rows, ccol, vt, gyP, xP + n0 * n_in, n0, w, fused, gx, gv, gvt,
+                          false);
     }
-    if (fused) permute<T, true>(gvt, t_perm, K, gv);
+    if (fused) permute<T, true>(gvt, t_perm, K, gv, 0, K);
+    return;
+  }
+#pragma omp parallel
+  {
+    if (gx) permute_shared<T, false>(vals, t_perm, K, vt);
+    pack_all<T>(gy, packed ? gyP : nullptr, N, n_out, gb);  // implicit barrier
+    if (packed)
+      for (i64 n0 = 0; n0 < N; n0 += P)
+        backward_panel<T>(n_in, n_out, crow, cols, t_rows, ccol, vt, gyP + n0 * n_out, xP + n0 * n_in, n0,
+                          std::min(P, N - n0), fused, gx, gv, gvt, true);
+    if (fused) {
+#pragma omp barrier
+      permute_shared<T, true>(gvt, t_perm, K, gv);
+    }
   }
 }
-
 
 // ------------------------------------------------ Cannistraci–Hebb L3 link prediction (scoring)
 // A layer's bool mask (out, in) is a bipartite graph: outputs u, z2 are rows, inputs v, z1 are
