@@ -29,11 +29,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: Bumped when the C ABI of the shared object changes (``bs_version()`` returns it).
-SOURCE_VERSION = 5
+SOURCE_VERSION = 6
 #: Passes with less work than this (multiply-adds: links x samples, twice that for a backward
 #: pass, plus the transposed elements) run on one thread; override with
 #: $BRAINSPARSE_KERNEL_PARALLEL_MIN. The papers' MLP at batch 32 and 1 % density stays below it
-#: (1568x1568: 0.9 M forward, 1.7 M backward): a pass takes 0.1-0.25 ms there, and on a machine
+#: (1568x1568: 0.9 M forward, 1.7 M backward): a pass takes 0.07-0.15 ms there, and on a machine
 #: shared with other jobs every OpenMP barrier can wait a scheduler tick (~4 ms) for a
 #: descheduled thread, which was measured here; bigger batches and densities use all threads.
 PARALLEL_MIN = 1 << 21

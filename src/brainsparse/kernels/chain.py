@@ -71,7 +71,7 @@ def _ptr(t: Tensor | None) -> int:
 class _SparseReluChain(torch.autograd.Function):
     """``x → [relu](x W₀ᵀ + b₀) → …`` for a list of layers; gradients for x, values and biases.
 
-    Activations stay transposed ``(features, N)`` between the layers (``acts``, saved for the
+    Activations stay in the kernels' panel layout between the layers (``acts``, saved for the
     backward pass: layer ``l`` reads ``acts[l]``; ``acts[l + 1] > 0`` is its ReLU's mask).
     """
 
@@ -109,7 +109,6 @@ class _SparseReluChain(torch.autograd.Function):
         gx = g.new_empty((n, dims[0])) if needs[0] else None
         gv = [g.new_empty(lk.nnz) if needs[3 + 2 * i] else None for i, lk in enumerate(links)]
         gb = [g.new_empty(lk.out_f) if needs[4 + 2 * i] else None for i, lk in enumerate(links)]
-        scratch = g.new_empty((2, max(dims) * n))
         table, (a_dims, *a) = _pointer_table([
             dims, *([lk.ptrs[j] for lk in links] for j in range(5)), [v.data_ptr() for v in values],
             [t.data_ptr() for t in acts], [_ptr(t) for t in gv], [_ptr(t) for t in gb],
@@ -118,7 +117,7 @@ class _SparseReluChain(torch.autograd.Function):
         relu = bytes(int(lk.relu) for lk in links)
         ctx.kernels.chain_backward[g.dtype](
             n_layers, n, a_dims, a_crow, a_cols, a_perm, a_trows, a_ccol, a_vals, relu, a_acts, g.data_ptr(),
-            a_gv, a_gb, _ptr(gx), scratch[0].data_ptr(), scratch[1].data_ptr(),
+            a_gv, a_gb, _ptr(gx),
         )
         del table
         grads: list[Tensor | None] = []

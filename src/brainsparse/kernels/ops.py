@@ -6,8 +6,8 @@ autograd, Inductor) treats them as opaque calls of known output shapes:
 
 * ``brainsparse::sparse_linear_forward(x, values, bias, crow, cols, rows, t_perm, t_rows, ccol,
   backend) -> (y, saved)``: ``y = x Wᵀ + b`` for 2-D ``x``; ``saved`` is what the backward pass
-  reads (``x`` transposed, ``(in, N)``, on ``"cpp"``; an empty tensor on ``"torch"``, which
-  reads ``x``). Differentiable w.r.t. ``x``, ``values`` and ``bias``;
+  reads (``x`` transposed into the kernel's panel layout, ``(in, N)``, on ``"cpp"``; an empty
+  tensor on ``"torch"``, which reads ``x``). Differentiable w.r.t. ``x``, ``values`` and ``bias``;
 * ``brainsparse::sparse_linear_grad_x(grad_y, values, crow, cols, rows, t_perm, t_rows, ccol,
   backend) -> grad_x``;
 * ``brainsparse::sparse_linear_grad_values(grad_y, saved, crow, cols, rows, with_bias, backend)

@@ -8,8 +8,10 @@ aliases an input), so the registered operators of :mod:`.ops` and the eager auto
 :mod:`.sparse_linear` both call them.
 
 * ``"cpp"`` (CPU, float32/float64): the compiled kernel of :mod:`._cpu_ext`, one call per
-  pass, a few µs of overhead per call. The forward pass also returns ``xT`` (``x`` transposed,
-  ``(in, N)``), which the backward passes read instead of ``x``.
+  pass, a few µs of overhead per call. The forward pass also returns ``xT``: ``x`` transposed
+  into the kernel's panel layout (an ``(in, N)`` tensor, blocks of 32 floats / 16 doubles of the
+  batch; the plain transpose when the batch fits one block), which the backward passes read
+  instead of ``x``.
 * ``"torch"`` (any device, any float dtype): PyTorch CSR kernels — ``torch.sparse.mm`` for the
   forward and input gradient, ``torch.sparse.sampled_addmm`` for the link gradients (cuSPARSE
   on GPU). Half-precision inputs use a gather/``index_add`` formulation instead. The backward
@@ -142,7 +144,8 @@ def backward(gy: Tensor, saved: Tensor, values: Tensor, crow: Tensor, cols: Tens
     """``(grad_x, grad_values, grad_bias)``, each ``None`` unless asked for.
 
     ``saved`` is what the forward pass kept: ``xT`` on ``"cpp"``, ``x`` on ``"torch"``. On
-    ``"cpp"`` the three products come from one kernel call (``grad_y`` transposed once).
+    ``"cpp"`` the three products come from one kernel call (``grad_y`` transposed once, one
+    panel at a time).
     """
     if backend == "cpp":
         return _cpp_backward(gy, saved, values, crow, cols, t_perm, t_rows, ccol, ccol.numel() - 1,

@@ -3,16 +3,24 @@
 // vector extensions, AVX intrinsics when the compiler targets AVX, OpenMP optional; no PyTorch or
 // Python headers. Built and loaded (ctypes) by brainsparse/kernels/_build.py and _cpu_ext.py.
 //
-// Data layout: activations arrive row-major (N, in). The forward pass transposes x to xT (in, N)
-// (saved for the backward pass), so every link multiplies a contiguous run of the batch (SIMD over
-// samples): y[:, r] = sum_{k in row r} v[k] * xT[cols[k], :]. The backward pass transposes grad_y
-// likewise, then computes grad_v[k] = <gyT[rows[k]], xT[cols[k]]> row by row and
-// grad_x[:, c] = sum_{k in column c} v[k] * gyT[rows[k], :] column by column (CSC). Every output
-// element is summed by one thread in a fixed order: results do not depend on the thread count.
+// Data layout: activations arrive row-major (N, in). The batch is cut into panels of 128 bytes
+// (32 floats / 16 doubles); the forward pass transposes x panel by panel into xP ("panel layout",
+// see pack_panel; saved for the backward pass, the plain transpose (in, N) when N fits one panel),
+// so every link multiplies a contiguous run of a panel (SIMD over samples) and a whole panel of x
+// stays in L2 while all outputs are computed for it: y[n, r] = sum_{k in row r} v[k] * xP[cols[k]].
+// The backward pass transposes grad_y one panel at a time (the bias gradient summed on the way)
+// and computes, per panel, grad_v[k] = <gyP[rows[k]], xP[cols[k]]> and grad_x[n, c] =
+// sum_{k in column c} v[k] * gyP[rows[k]]. With both gradients over several panels they come from
+// one pass in CSC order (grads_panel: each gathered row of grad_y serves both products; values
+// and link gradients permuted between CSR and CSC order once per call); over one panel on one
+// thread from one pass in CSR order (grads_rows: no permutation); otherwise from a CSR pass for
+// grad_v and a CSC pass for grad_x. All routes share the per-link arithmetic, so they agree bit for
+// bit. Every output element is summed by one thread in a fixed order: results do not depend on
+// the thread count.
 //
 // BS_SOURCE_VERSION and BS_PARALLEL_MIN are passed with -D by the builder (defaults below).
 #ifndef BS_SOURCE_VERSION
-#define BS_SOURCE_VERSION 5
+#define BS_SOURCE_VERSION 6
 #endif
 #ifndef BS_PARALLEL_MIN
 #define BS_PARALLEL_MIN 2097152
@@ -55,6 +63,18 @@ template <typename T> inline void store(T* p, typename Vec<T>::type v) {
 #if defined(__AVX__)
 inline __m256 as_native(Vec<float>::type v) { __m256 r; std::memcpy(&r, &v, 32); return r; }
 inline __m256d as_native(Vec<double>::type v) { __m256d r; std::memcpy(&r, &v, 32); return r; }
+template <> inline Vec<float>::type splat<float>(float x) {
+  const __m256 b = _mm256_set1_ps(x);
+  Vec<float>::type r;
+  std::memcpy(&r, &b, 32);
+  return r;
+}
+template <> inline Vec<double>::type splat<double>(double x) {
+  const __m256d b = _mm256_set1_pd(x);
+  Vec<double>::type r;
+  std::memcpy(&r, &b, 32);
+  return r;
+}
 inline float hsum(Vec<float>::type v) {
   const __m256 x = as_native(v);
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -140,165 +160,497 @@ inline void copy_t(const T* src, i64 lds, T* dst, i64 ldd, i64 n, i64 m, const T
   }
 }
 
-// b (m, n) = a (n, m)^T; orphaned worksharing: parallel when called inside a parallel region
+// ------------------------------------------------------------------ panel layout of the batch
+// The batch is cut into panels of P samples (128 bytes: 32 floats, 16 doubles, four vectors);
+// the last panel may be narrower. A transposed activation A (N, m) is stored panel by panel: the
+// panel at sample n0 of width w = min(P, N - n0) starts at n0 * m and holds A[n0 + i, c] at
+// c * w + i. One row of a panel (w samples of one feature) is two cache lines and a whole panel
+// (m x w) is contiguous, so the rows that the links gather stay in L2 while every output is
+// computed for that panel; with one panel (N <= P) this is the plain transpose (m, N). The
+// passes run panel by panel: pack one panel, then every product for it, while it is in cache.
+template <typename T> constexpr i64 panel() { return 128 / sizeof(T); }
+constexpr i64 PF_DIST = 8;          // links ahead whose rows are prefetched, when a panel is
+constexpr i64 PF_MIN = 384 << 10;   // larger than this (prefetching rows already in L2 costs)
+
+// Columns [c0, c0 + nc) of the panel at n0 (width w) of src (N, m) row-major into the panel dst
+// (m rows of w), when dst is given; sums[c] = (first ? 0 : sums[c]) + the panel's column sums,
+// when sums is given.
 template <typename T>
-void transpose(const T* __restrict a, T* __restrict b, i64 n, i64 m) {
-  const i64 tn = (n + TB - 1) / TB, tm = (m + TB - 1) / TB;
+inline void pack_tile(const T* __restrict src, T* __restrict dst, i64 n0, i64 w, i64 m, i64 c0, i64 nc,
+                      T* __restrict sums, bool first) {
+  const T* s = src + n0 * m + c0;
+  if (dst) copy_t<T>(s, m, dst + c0 * w, w, w, nc, nullptr);
+  if (!sums) return;
+  T acc[TB] = {};
+  for (i64 i = 0; i < w; ++i)
+    for (i64 j = 0; j < nc; ++j) acc[j] += s[i * m + j];
+  for (i64 j = 0; j < nc; ++j) sums[c0 + j] = first ? acc[j] : sums[c0 + j] + acc[j];
+}
+
+// one panel (at n0, width w) into dst, the panel's base
+template <typename T> void pack_panel(const T* src, T* dst, i64 n0, i64 w, i64 m, T* sums, bool first) {
+  for (i64 c0 = 0; c0 < m; c0 += TB) pack_tile<T>(src, dst, n0, w, m, c0, std::min(TB, m - c0), sums, first);
+}
+
+// every panel, column tiles shared among the threads (orphaned worksharing, implicit barrier);
+// a tile's panels in order, so each column sum is summed by one thread in panel order
+template <typename T> void pack_all(const T* src, T* dst, i64 N, i64 m, T* sums) {
+  constexpr i64 P = panel<T>();
 #pragma omp for schedule(static)
-  for (i64 t = 0; t < tn * tm; ++t) {
-    const i64 i0 = (t / tm) * TB, j0 = (t % tm) * TB;
-    copy_t<T>(a + i0 * m + j0, m, b + j0 * n + i0, n, std::min(TB, n - i0), std::min(TB, m - j0), nullptr);
-  }
+  for (i64 c0 = 0; c0 < m; c0 += TB)
+    for (i64 n0 = 0; n0 < N; n0 += P)
+      pack_tile<T>(src, dst + n0 * m, n0, std::min(P, N - n0), m, c0, std::min(TB, m - c0), sums, n0 == 0);
 }
 
-// acc[0:4L] = sum_{j in [j0, j1)} vals[PERM ? perm[j] : j] * src[idx[j] * N + n0 + (0:4L)]
-// Two sets of four vector accumulators (links alternate) hide the FMA latency.
-template <typename T, bool PERM>
-inline void tile_full(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
-                      i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, T* __restrict acc) {
+// acc[0:P] = sum_{j in [j0, j1)} vals[j] * src[idx[j] * P + (0:P)] for a full panel (rows of P).
+// SETS = 2: two sets of accumulators (links alternate, the last odd one in the first set) hide
+// the FMA latency; SETS = 1: one chain in link order, the order the fused backward pass uses for
+// the input gradient. PF: prefetch the rows D links ahead.
+template <typename T, bool PF, int SETS>
+inline void tile_full(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1, i64 jend,
+                      const T* __restrict src, T* __restrict acc) {
   typedef typename Vec<T>::type V;
-  constexpr int L = 32 / sizeof(T);
-  V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>(), NV = P / L;
+  V a[SETS][NV];
+  for (int t = 0; t < SETS; ++t)
+    for (i64 q = 0; q < NV; ++q) a[t][q] = V{};
   i64 j = j0;
-  for (; j + 1 < j1; j += 2) {
-    const V u = splat<T>(vals[PERM ? perm[j] : j]);
-    const V w = splat<T>(vals[PERM ? perm[j + 1] : j + 1]);
-    const T* s = src + idx[j] * N + n0;
-    const T* t = src + idx[j + 1] * N + n0;
-    a0 += u * load<T>(s);         b0 += w * load<T>(t);
-    a1 += u * load<T>(s + L);     b1 += w * load<T>(t + L);
-    a2 += u * load<T>(s + 2 * L); b2 += w * load<T>(t + 2 * L);
-    a3 += u * load<T>(s + 3 * L); b3 += w * load<T>(t + 3 * L);
-  }
-  if (j < j1) {
-    const V u = splat<T>(vals[PERM ? perm[j] : j]);
-    const T* s = src + idx[j] * N + n0;
-    a0 += u * load<T>(s);
-    a1 += u * load<T>(s + L);
-    a2 += u * load<T>(s + 2 * L);
-    a3 += u * load<T>(s + 3 * L);
-  }
-  store<T>(acc, a0 + b0);
-  store<T>(acc + L, a1 + b1);
-  store<T>(acc + 2 * L, a2 + b2);
-  store<T>(acc + 3 * L, a3 + b3);
-}
-
-template <typename T, bool PERM>
-inline void tile_part(const i64* __restrict idx, const i64* __restrict perm, const T* __restrict vals,
-                      i64 j0, i64 j1, const T* __restrict src, i64 N, i64 n0, i64 nb, T* __restrict acc) {
-  for (i64 i = 0; i < nb; ++i) acc[i] = T(0);
-  for (i64 j = j0; j < j1; ++j) {
-    const T v = vals[PERM ? perm[j] : j];
-    const T* __restrict s = src + idx[j] * N + n0;
-    for (i64 i = 0; i < nb; ++i) acc[i] += v * s[i];
-  }
-}
-
-// out (N, n_out) [+ bias], out[:, r] = sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :]
-// srcT is (n_src, N). A work item is RB consecutive outputs, so writes fill whole cache lines.
-template <typename T, bool PERM>
-void spmm_t(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals,
-            const T* srcT, const T* bias, T* out) {
-  constexpr i64 NB = 4 * (32 / sizeof(T));
-  const i64 blocks = (n_out + RB - 1) / RB;
-#pragma omp for schedule(dynamic, 1)
-  for (i64 b = 0; b < blocks; ++b) {
-    const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
-    alignas(64) T buf[RB][NB];
-    for (i64 n0 = 0; n0 < N; n0 += NB) {
-      const i64 nb = std::min<i64>(NB, N - n0);
-      for (i64 r = r0; r < r1; ++r) {
-        if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf[r - r0]);
-        else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf[r - r0]);
-      }
-      // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
-      copy_t<T>(&buf[0][0], NB, out + n0 * n_out + r0, n_out, r1 - r0, nb, bias ? bias + r0 : nullptr);
+  for (; j + SETS <= j1; j += SETS) {
+    for (int t = 0; t < SETS; ++t) {
+      if (PF && j + t + PF_DIST < jend)
+        for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + idx[j + t + PF_DIST] * P + q);
+      const V u = splat<T>(vals[j + t]);
+      const T* s = src + idx[j + t] * P;
+      for (i64 q = 0; q < NV; ++q) a[t][q] += u * load<T>(s + q * L);
     }
   }
+  for (; j < j1; ++j) {
+    const V u = splat<T>(vals[j]);
+    const T* s = src + idx[j] * P;
+    for (i64 q = 0; q < NV; ++q) a[0][q] += u * load<T>(s + q * L);
+  }
+  for (i64 q = 0; q < NV; ++q) store<T>(acc + q * L, SETS == 1 ? a[0][q] : a[0][q] + a[SETS - 1][q]);
 }
 
-// gv[k] = <gyT[rows k], xT[cols k]> over the batch (links in CSR order); gb[r] = sum of gyT[r, :]
+// the same for a narrower last panel (rows of w < P samples), one chain in link order
 template <typename T>
-void sddmm_t(i64 N, i64 n_out, const i64* crow, const i64* cols, const T* gyT, const T* xT, T* gv, T* gb) {
-  typedef typename Vec<T>::type V;
-  constexpr i64 L = 32 / sizeof(T);
-  const i64 nv = N / L;  // whole vectors per row
-  const i64 blocks = (n_out + RB - 1) / RB;
-#pragma omp for schedule(dynamic, 1)
-  for (i64 b = 0; b < blocks; ++b) {
+inline void tile_part(const i64* __restrict idx, const T* __restrict vals, i64 j0, i64 j1,
+                      const T* __restrict src, i64 w, T* __restrict acc) {
+  for (i64 i = 0; i < w; ++i) acc[i] = T(0);
+  for (i64 j = j0; j < j1; ++j) {
+    const T v = vals[j];
+    const T* __restrict s = src + idx[j] * w;
+    for (i64 i = 0; i < w; ++i) acc[i] += v * s[i];
+  }
+}
+
+// Work items of a parallel panel pass over n items: a few chunks per thread. The split never
+// changes what is summed, or in which order.
+inline i64 chunks_for(i64 n) {
+#ifdef _OPENMP
+  const i64 threads = omp_get_num_threads();
+#else
+  const i64 threads = 1;
+#endif
+  return std::min<i64>(std::max<i64>(n, 1), 4 * threads);
+}
+
+// One panel (at n0, width w) of out (N, ld_out) [+ bias], the outputs of row blocks [b0, b1):
+// out[n0 + i, r] = sum_{j in ptr[r]..ptr[r+1]} vals[j] * src[idx[j] * w + i], src the panel
+// (n_src rows of w). RB consecutive outputs at a time, so the writes fill cache lines.
+template <typename T, int SETS>
+void spmm_rows(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src, i64 n0,
+               i64 w, i64 ld_out, const T* bias, T* out, i64 b0, i64 b1) {
+  constexpr i64 P = panel<T>();
+  const i64 jend = ptr[n_out];
+  const bool far = n_src * P * i64(sizeof(T)) > PF_MIN;
+  alignas(64) T buf[RB][P];
+  for (i64 b = b0; b < b1; ++b) {
     const i64 r0 = b * RB, r1 = std::min(r0 + RB, n_out);
     for (i64 r = r0; r < r1; ++r) {
-      const T* __restrict g = gyT + r * N;
-      if (gb) {
-        T acc = T(0);
-        for (i64 i = 0; i < N; ++i) acc += g[i];
-        gb[r] = acc;
+      if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf[r - r0]);
+      else if (far) tile_full<T, true, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+      else tile_full<T, false, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf[r - r0]);
+    }
+    // out[n0 + i, r] = buf[r - r0][i] (+ bias[r]): a transpose, in register blocks
+    copy_t<T>(&buf[0][0], P, out + n0 * ld_out + r0, ld_out, r1 - r0, w, bias ? bias + r0 : nullptr);
+  }
+}
+
+// ------------------------------------------------ link gradients: one dot product per link
+// Both orders (CSR: a row of grad_y against gathered rows of x; CSC, fused with the input
+// gradient: a row of x against gathered rows of grad_y) compute a link's dot product on a full
+// panel with the same operations, so every route gives the same bits.
+
+// <a, b> over one panel row as a vector of partial sums: (a0 b0 + a2 b2) + (a1 b1 + a3 b3)
+template <typename T>
+inline typename Vec<T>::type dot_row(const typename Vec<T>::type* a, const T* __restrict b) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T);
+  static_assert(panel<T>() == 4 * L, "a panel row is four vectors");
+  V p = a[0] * load<T>(b), r = a[1] * load<T>(b + L);
+  p += a[2] * load<T>(b + 2 * L);
+  r += a[3] * load<T>(b + 3 * L);
+  return p + r;
+}
+
+// the same on a narrower last panel: one chain in sample order
+template <typename T> inline T dot_part(const T* __restrict a, const T* __restrict b, i64 w) {
+  T acc = T(0);
+  for (i64 i = 0; i < w; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// out[t] = (first ? 0 : out[t]) + the sum of the lanes of d[t], t < n <= 4: pairwise, in a fixed
+// order per lane, so a link's sum does not depend on the other links of its group
+#if defined(__AVX__)
+inline void add_sums4(const Vec<float>::type* d, i64 n, bool first, float* out) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(as_native(d[0]), as_native(d[1])),
+                                  _mm256_hadd_ps(as_native(d[2]), as_native(d[3])));
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  if (n == 4) {
+    _mm_storeu_ps(out, first ? h : _mm_add_ps(_mm_loadu_ps(out), h));
+    return;
+  }
+  alignas(16) float t[4];
+  _mm_store_ps(t, h);
+  for (i64 j = 0; j < n; ++j) out[j] = first ? t[j] : out[j] + t[j];
+}
+inline void add_sums4(const Vec<double>::type* d, i64 n, bool first, double* out) {
+  const __m256d s01 = _mm256_hadd_pd(as_native(d[0]), as_native(d[1]));
+  const __m256d s23 = _mm256_hadd_pd(as_native(d[2]), as_native(d[3]));
+  const __m256d h = _mm256_add_pd(_mm256_permute2f128_pd(s01, s23, 0x20), _mm256_permute2f128_pd(s01, s23, 0x31));
+  if (n == 4) {
+    _mm256_storeu_pd(out, first ? h : _mm256_add_pd(_mm256_loadu_pd(out), h));
+    return;
+  }
+  alignas(32) double t[4];
+  _mm256_store_pd(t, h);
+  for (i64 j = 0; j < n; ++j) out[j] = first ? t[j] : out[j] + t[j];
+}
+#else
+template <typename T> inline void add_sums4(const typename Vec<T>::type* d, i64 n, bool first, T* out) {
+  for (i64 j = 0; j < n; ++j) out[j] = first ? hsum_any<T>(d[j]) : out[j] + hsum_any<T>(d[j]);
+}
+#endif
+
+// gv[k] = (first ? 0 : gv[k]) + <g, src row cols[k]> for the links [k0, k1) of one output, whose
+// panel row g is held in registers; four links at a time.
+template <typename T, bool PF>
+inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0, i64 k1, i64 kend,
+                      const T* __restrict src, bool first, T* __restrict gv) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>();
+  const V gr[4] = {load<T>(g), load<T>(g + L), load<T>(g + 2 * L), load<T>(g + 3 * L)};
+  auto dot = [&](i64 k) {
+    if (PF && k + PF_DIST < kend)
+      for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + cols[k + PF_DIST] * P + q);
+    return dot_row<T>(gr, src + cols[k] * P);
+  };
+  i64 k = k0;
+  for (; k + 4 <= k1; k += 4) {
+    const V d[4] = {dot(k), dot(k + 1), dot(k + 2), dot(k + 3)};
+    add_sums4(d, 4, first, gv + k);
+  }
+  if (k < k1) {
+    const i64 n = k1 - k;
+    const V d[4] = {dot(k), n > 1 ? dot(k + 1) : V{}, n > 2 ? dot(k + 2) : V{}, V{}};
+    add_sums4(d, n, first, gv + k);
+  }
+}
+
+// One panel of the link gradients in CSR order, outputs [r0, r1): gv[k] (+)= <gyP row r, xP row
+// cols[k]> over the panel's w samples; gyP (n_out rows of w), xP (n_in rows of w).
+template <typename T>
+void sddmm_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* gyP, const T* xP, i64 w,
+                bool first, T* gv, i64 r0, i64 r1) {
+  constexpr i64 P = panel<T>();
+  const i64 kend = crow[n_out];
+  const bool far = n_in * P * i64(sizeof(T)) > PF_MIN;
+  for (i64 r = r0; r < r1; ++r) {
+    const T* g = gyP + r * w;
+    if (w == P && far) dots_full<T, true>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
+    else if (w == P) dots_full<T, false>(g, cols, crow[r], crow[r + 1], kend, xP, first, gv);
+    else
+      for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
+        const T acc = dot_part<T>(g, xP + cols[k] * w, w);
+        gv[k] = first ? acc : gv[k] + acc;
       }
-      if (!gv) continue;
-      i64 k = crow[r];
-      const i64 k1 = crow[r + 1];
-      if (N == 4 * L) {  // the common case (32 float / 16 double samples): the row stays in registers
-        const V g0 = load<T>(g), g1 = load<T>(g + L), g2 = load<T>(g + 2 * L), g3 = load<T>(g + 3 * L);
-        for (; k < k1; ++k) {
-          const T* s = xT + cols[k] * N;
-          const V p = (g0 * load<T>(s) + g1 * load<T>(s + L)) + (g2 * load<T>(s + 2 * L) + g3 * load<T>(s + 3 * L));
-          gv[k] = hsum(p);
+  }
+}
+
+// One panel of both gradients, input feature by feature (CSC): gx[n0 + i, c] = sum over the links
+// j of column c of vt[j] * gyP[t_rows[j], i] (one chain, rows ascending, as spmm_rows<T, 1>) and
+// gvt[j] (+)= <xP row c, gyP row t_rows[j]> (links in CSC order). Each gathered row of grad_y
+// serves both products. Column blocks [b0, b1).
+template <typename T, bool PF>
+void grads_cols(i64 n_in, const i64* ccol, const i64* t_rows, const T* vt, const T* gyP, const T* xP,
+                i64 n0, i64 w, bool first, T* gvt, T* gx, i64 b0, i64 b1) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>();
+  const i64 jend = ccol[n_in];
+  alignas(64) T buf[RB][P];
+  for (i64 b = b0; b < b1; ++b) {
+    const i64 c0 = b * RB, c1 = std::min(c0 + RB, n_in);
+    for (i64 c = c0; c < c1; ++c) {
+      const T* xr = xP + c * w;
+      T* o = buf[c - c0];
+      if (w < P) {
+        for (i64 i = 0; i < w; ++i) o[i] = T(0);
+        for (i64 j = ccol[c]; j < ccol[c + 1]; ++j) {
+          const T* g = gyP + t_rows[j] * w;
+          for (i64 i = 0; i < w; ++i) o[i] += vt[j] * g[i];
+          const T acc = dot_part<T>(g, xr, w);
+          gvt[j] = first ? acc : gvt[j] + acc;
         }
         continue;
       }
-      for (; k < k1; ++k) {
-        const T* s = xT + cols[k] * N;
-        V p0 = {}, p1 = {};
-        i64 q = 0;
-        for (; q + 1 < nv; q += 2) {
-          p0 += load<T>(g + q * L) * load<T>(s + q * L);
-          p1 += load<T>(g + (q + 1) * L) * load<T>(s + (q + 1) * L);
-        }
-        if (q < nv) p0 += load<T>(g + q * L) * load<T>(s + q * L);
-        T acc = hsum(p0 + p1);
-        for (i64 i = nv * L; i < N; ++i) acc += g[i] * s[i];
-        gv[k] = acc;
+      const V x[4] = {load<T>(xr), load<T>(xr + L), load<T>(xr + 2 * L), load<T>(xr + 3 * L)};
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      auto link = [&](i64 j) {  // both products of link j; returns its dot product's lanes
+        if (PF && j + PF_DIST < jend)
+          for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(gyP + t_rows[j + PF_DIST] * P + q);
+        const T* g = gyP + t_rows[j] * P;
+        const V u = splat<T>(vt[j]);
+        a0 += u * load<T>(g);
+        a1 += u * load<T>(g + L);
+        a2 += u * load<T>(g + 2 * L);
+        a3 += u * load<T>(g + 3 * L);
+        return dot_row<T>(x, g);
+      };
+      i64 j = ccol[c];
+      const i64 j1 = ccol[c + 1];
+      for (; j + 4 <= j1; j += 4) {
+        V d[4];  // in link order: the input gradient's chain runs through them in turn
+        for (int t = 0; t < 4; ++t) d[t] = link(j + t);
+        add_sums4(d, 4, first, gvt + j);
       }
+      if (j < j1) {
+        const i64 n = j1 - j;
+        V d[4] = {};
+        for (i64 t = 0; t < n; ++t) d[t] = link(j + t);
+        add_sums4(d, n, first, gvt + j);
+      }
+      store<T>(o, a0);
+      store<T>(o + L, a1);
+      store<T>(o + 2 * L, a2);
+      store<T>(o + 3 * L, a3);
+    }
+    copy_t<T>(&buf[0][0], P, gx + n0 * n_in + c0, n_in, c1 - c0, w, nullptr);
+  }
+}
+
+// Both gradients of one panel on one thread, output by output (CSR): gv[k] = <gyP row r, xP row
+// cols[k]> and gxP row cols[k] += vals[k] * gyP row r, gxP (n_in rows of w) zeroed first: each
+// input's chain runs over rows ascending, as in spmm_rows<T, 1>, without permuting the links.
+template <typename T, bool PF>
+void grads_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* vals, const T* gyP,
+                const T* xP, i64 w, T* gv, T* gxP) {
+  typedef typename Vec<T>::type V;
+  constexpr i64 L = 32 / sizeof(T), P = panel<T>();
+  const i64 kend = crow[n_out];
+  std::fill(gxP, gxP + n_in * w, T(0));
+  for (i64 r = 0; r < n_out; ++r) {
+    const T* g = gyP + r * w;
+    if (w < P) {
+      for (i64 k = crow[r]; k < crow[r + 1]; ++k) {
+        T* o = gxP + cols[k] * w;
+        for (i64 i = 0; i < w; ++i) o[i] += vals[k] * g[i];
+        gv[k] = dot_part<T>(g, xP + cols[k] * w, w);
+      }
+      continue;
+    }
+    const V gr[4] = {load<T>(g), load<T>(g + L), load<T>(g + 2 * L), load<T>(g + 3 * L)};
+    auto link = [&](i64 k) {
+      if (PF && k + PF_DIST < kend)
+        for (i64 q = 0; q < P; q += 64 / sizeof(T)) {
+          __builtin_prefetch(xP + cols[k + PF_DIST] * P + q);
+          __builtin_prefetch(gxP + cols[k + PF_DIST] * P + q, 1);
+        }
+      T* o = gxP + cols[k] * P;
+      const V u = splat<T>(vals[k]);
+      store<T>(o, load<T>(o) + u * gr[0]);
+      store<T>(o + L, load<T>(o + L) + u * gr[1]);
+      store<T>(o + 2 * L, load<T>(o + 2 * L) + u * gr[2]);
+      store<T>(o + 3 * L, load<T>(o + 3 * L) + u * gr[3]);
+      return dot_row<T>(gr, xP + cols[k] * P);
+    };
+    i64 k = crow[r];
+    const i64 k1 = crow[r + 1];
+    for (; k + 4 <= k1; k += 4) {
+      V d[4];
+      for (int t = 0; t < 4; ++t) d[t] = link(k + t);
+      add_sums4(d, 4, true, gv + k);
+    }
+    if (k < k1) {
+      const i64 n = k1 - k;
+      V d[4] = {};
+      for (i64 t = 0; t < n; ++t) d[t] = link(k + t);
+      add_sums4(d, n, true, gv + k);
     }
   }
+}
+
+// out[perm[j]] = in[j] (scatter) or out[j] = in[perm[j]] (gather) for j in [j0, j1), a
+// permutation between CSR and CSC order; the far side is prefetched 64 links ahead.
+template <typename T, bool SCATTER>
+void permute(const T* __restrict in, const i64* __restrict perm, i64 K, T* __restrict out, i64 j0, i64 j1) {
+  for (i64 j = j0; j < j1; ++j) {
+    if (j + 64 < K) __builtin_prefetch(SCATTER ? out + perm[j + 64] : in + perm[j + 64], SCATTER, 2);
+    if (SCATTER) out[perm[j]] = in[j];
+    else out[j] = in[perm[j]];
+  }
+}
+
+// the same, the links shared among the threads (orphaned worksharing, no barrier)
+template <typename T, bool SCATTER> void permute_shared(const T* in, const i64* perm, i64 K, T* out) {
+  const i64 nch = chunks_for(K / 4096);
+#pragma omp for schedule(static) nowait
+  for (i64 ch = 0; ch < nch; ++ch) permute<T, SCATTER>(in, perm, K, out, K * ch / nch, K * (ch + 1) / nch);
 }
 
 // Below this much work a pass runs on one thread (see PARALLEL_MIN in _build.py).
 i64 parallel_min = BS_PARALLEL_MIN;
 
-inline bool go_parallel(i64 work) { return work >= parallel_min; }
+// A pass runs on several threads when there are several and the work (multiply-adds plus
+// transposed elements) reaches parallel_min. On one thread the passes go panel by panel (pack
+// a panel, then every product for it, while it is in cache) with no OpenMP at all; on several,
+// every panel is packed first and the panel loops need no barrier (a static schedule gives a
+// chunk of outputs to the same thread in every panel, so sums over panels stay on one thread).
+inline bool go_parallel(i64 work) {
+#ifdef _OPENMP
+  return work >= parallel_min && omp_get_max_threads() > 1;
+#else
+  (void)work;
+  return false;
+#endif
+}
 
 template <typename T>
 void forward(i64 N, i64 n_in, i64 n_out, const T* x, const i64* crow, const i64* cols, const T* vals,
-             const T* bias, T* xT, T* y) {
-  const i64 K = crow[n_out];
-#pragma omp parallel if (go_parallel(K * N + N * (n_in + n_out)))
+             const T* bias, T* xP, T* y) {
+  constexpr i64 P = panel<T>();
+  const i64 K = crow[n_out], blocks = (n_out + RB - 1) / RB;
+  if (!go_parallel(K * N + N * (n_in + n_out))) {
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      pack_panel<T>(x, xP + n0 * n_in, n0, w, n_in, nullptr, false);
+      spmm_rows<T, 2>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, w, n_out, bias, y, 0, blocks);
+    }
+    return;
+  }
+#pragma omp parallel
   {
-    transpose<T>(x, xT, N, n_in);  // implicit barrier
-    spmm_t<T, false>(N, n_out, crow, cols, nullptr, vals, xT, bias, y);
+    pack_all<T>(x, xP, N, n_in, nullptr);  // implicit barrier
+    const i64 nch = chunks_for(blocks);
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+#pragma omp for schedule(dynamic, 1) nowait
+      for (i64 ch = 0; ch < nch; ++ch)
+        spmm_rows<T, 2>(n_out, n_in, crow, cols, vals, xP + n0 * n_in, n0, std::min(P, N - n0), n_out, bias, y,
+                        blocks * ch / nch, blocks * (ch + 1) / nch);
+    }
   }
 }
 
+// Scratch kept per thread between calls (no page faults on reuse), up to 16 MiB; 64-byte aligned,
+// so a panel row is two cache lines and no vector load splits one.
+template <typename T> T* scratch(std::vector<T>& keep, std::vector<T>& once, i64 n) {
+  const size_t need = size_t(std::max<i64>(n, 1)) + 64 / sizeof(T);
+  std::vector<T>& s = need * sizeof(T) <= (size_t(16) << 20) ? keep : once;
+  if (s.size() < need) s.resize(need);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(s.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+}
+
+// The backward products of one panel (gyP and xP its panels), on one thread or as this thread's
+// share: fused (both gradients, CSC order, link gradients into gvt) or a CSR pass for gv and a
+// CSC pass for gx (one chain per input, as the fused pass). Static chunks: the same outputs or
+// inputs go to the same thread in every panel.
 template <typename T>
-void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xT, const i64* crow, const i64* cols,
-              const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
-  const i64 K = crow[n_out];
-  // scratch for gyT: kept per thread between calls (no page faults), up to 16 MiB
-  static thread_local std::vector<T> keep;
-  std::vector<T> once;
-  const size_t need = size_t(std::max<i64>(N * n_out, 1));
-  std::vector<T>& scratch = need * sizeof(T) <= (size_t(16) << 20) ? keep : once;
-  if (scratch.size() < need) scratch.resize(need);
-  T* gyT = scratch.data();
-#pragma omp parallel if (go_parallel(2 * K * N + N * (n_in + n_out)))
-  {
-    transpose<T>(gy, gyT, N, n_out);  // implicit barrier
-    if (gv || gb) sddmm_t<T>(N, n_out, crow, cols, gyT, xT, gv, gb);
-    if (gx) spmm_t<T, true>(N, n_in, ccol, t_rows, t_perm, vals, gyT, nullptr, gx);
+void backward_panel(i64 n_in, i64 n_out, const i64* crow, const i64* cols, const i64* t_rows, const i64* ccol,
+                    const T* vt, const T* gyP, const T* xP, i64 n0, i64 w, bool fused, T* gx, T* gv, T* gvt,
+                    bool shared) {
+  constexpr i64 P = panel<T>();
+  const bool first = n0 == 0, far = n_out * P * i64(sizeof(T)) > PF_MIN;
+  const i64 cblocks = (n_in + RB - 1) / RB, cch = shared ? chunks_for(cblocks) : 1;
+  if (fused) {
+#pragma omp for schedule(static) nowait
+    for (i64 ch = 0; ch < cch; ++ch) {
+      const i64 b0 = cblocks * ch / cch, b1 = cblocks * (ch + 1) / cch;
+      if (far) grads_cols<T, true>(n_in, ccol, t_rows, vt, gyP, xP, n0, w, first, gvt, gx, b0, b1);
+      else grads_cols<T, false>(n_in, ccol, t_rows, vt, gyP, xP, n0, w, first, gvt, gx, b0, b1);
+    }
+    return;
+  }
+  if (gv) {
+    const i64 rch = shared ? chunks_for(n_out / RB) : 1;
+#pragma omp for schedule(static) nowait
+    for (i64 ch = 0; ch < rch; ++ch)
+      sddmm_rows<T>(n_out, n_in, crow, cols, gyP, xP, w, first, gv, n_out * ch / rch, n_out * (ch + 1) / rch);
+  }
+  if (gx) {
+#pragma omp for schedule(dynamic, 1) nowait
+    for (i64 ch = 0; ch < cch; ++ch)
+      spmm_rows<T, 1>(n_in, n_out, ccol, t_rows, vt, gyP, n0, w, n_in, nullptr, gx, cblocks * ch / cch,
+                      cblocks * (ch + 1) / cch);
   }
 }
 
+// With both gradients and more than one panel the fused CSC pass pays for the two permutations of
+// the link order; with one panel on one thread both gradients come from one CSR pass (grads_rows);
+// otherwise separate passes. The same bits every way.
+template <typename T>
+void backward(i64 N, i64 n_in, i64 n_out, const T* gy, const T* xP, const i64* crow, const i64* cols,
+              const i64* t_perm, const i64* t_rows, const i64* ccol, const T* vals, T* gx, T* gv, T* gb) {
+  constexpr i64 P = panel<T>();
+  const i64 K = crow[n_out];
+  if (N == 0) {  // an empty batch: zero gradients
+    if (gv) std::fill(gv, gv + K, T(0));
+    if (gb) std::fill(gb, gb + n_out, T(0));
+    return;
+  }
+  const bool parallel = go_parallel((gx ? K * N : 0) + (gv ? K * N : 0) + N * (n_in + n_out));
+  const bool fused = gx && gv && N > P, packed = gx || gv;
+  static thread_local std::vector<T> keep_g, keep_v, keep_t;
+  std::vector<T> once_g, once_v, once_t;
+  // grad_y in panel layout: one panel on one thread (packed as it is used), all of it on several
+  T* gyP = scratch<T>(keep_g, once_g, packed ? (parallel ? N : std::min(N, P)) * n_out : 0);
+  if (!parallel && gx && gv && N <= P) {
+    T* gxP = scratch<T>(keep_v, once_v, N * n_in);
+    pack_panel<T>(gy, gyP, 0, N, n_out, gb, true);
+    if (n_in * P * i64(sizeof(T)) > PF_MIN) grads_rows<T, true>(n_out, n_in, crow, cols, vals, gyP, xP, N, gv, gxP);
+    else grads_rows<T, false>(n_out, n_in, crow, cols, vals, gyP, xP, N, gv, gxP);
+    copy_t<T>(gxP, N, gx, n_in, n_in, N, nullptr);  // gx[n, c] = gxP[c * N + n]
+    return;
+  }
+  T* vt = scratch<T>(keep_v, once_v, gx ? K : 0);        // the values in CSC order
+  T* gvt = scratch<T>(keep_t, once_t, fused ? K : 0);    // the link gradients in CSC order
+  if (!parallel) {
+    if (gx) permute<T, false>(vals, t_perm, K, vt, 0, K);
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      pack_panel<T>(gy, packed ? gyP : nullptr, n0, w, n_out, gb, n0 == 0);
+      if (packed)
+        backward_panel<T>(n_in, n_out, crow, cols, t_rows, ccol, vt, gyP, xP + n0 * n_in, n0, w, fused, gx, gv, gvt,
+                          false);
+    }
+    if (fused) permute<T, true>(gvt, t_perm, K, gv, 0, K);
+    return;
+  }
+#pragma omp parallel
+  {
+    if (gx) permute_shared<T, false>(vals, t_perm, K, vt);
+    pack_all<T>(gy, packed ? gyP : nullptr, N, n_out, gb);  // implicit barrier
+    if (packed)
+      for (i64 n0 = 0; n0 < N; n0 += P)
+        backward_panel<T>(n_in, n_out, crow, cols, t_rows, ccol, vt, gyP + n0 * n_out, xP + n0 * n_in, n0,
+                          std::min(P, N - n0), fused, gx, gv, gvt, true);
+    if (fused) {
+#pragma omp barrier
+      permute_shared<T, true>(gvt, t_perm, K, gv);
+    }
+  }
+}
 
 // ------------------------------------------------ Cannistraci–Hebb L3 link prediction (scoring)
 // A layer's bool mask (out, in) is a bipartite graph: outputs u, z2 are rows, inputs v, z1 are
@@ -526,83 +878,181 @@ template <int VAR> void ch_dispatch(const Graph& g, int matrix, float* out) {
 
 
 // ------------------------------------------------ chains of sparse layers + ReLU (one call per pass)
-// A chain keeps every activation transposed, (features, N): layer l reads acts[l] and writes
-// acts[l + 1] directly, so the only transposes are of the chain's input, output and output
-// gradient. Each element is summed in the same order as the single-layer passes above (same
-// tiles, bias added after the sum, ReLU after the bias), so results equal them bit for bit.
+// A chain keeps every activation in the panel layout: layer l reads its input panel acts[l] and
+// writes its output panel acts[l + 1] directly (rows of w samples), so only the chain's input,
+// output and output gradient are packed or unpacked. Each panel goes through all layers while it
+// is in cache. Every element is summed in the same order as the single-layer passes above (same
+// tiles, bias added after the sum, ReLU after the bias; the same per-panel link-gradient and bias
+// sums), so results equal them bit for bit.
 
-// outT[r, :] = [relu](sum_{j in ptr[r]..ptr[r+1]} vals[perm j] * srcT[idx[j], :] + bias[r]), then
-// zeroed where keepT[r, :] <= 0 when keepT is given (the backward pass through the previous ReLU).
-template <typename T, bool PERM>
-void spmm_tt(i64 N, i64 n_out, const i64* ptr, const i64* idx, const i64* perm, const T* vals, const T* srcT,
-             const T* bias, bool relu, const T* keepT, T* outT) {
-  constexpr i64 NB = 4 * (32 / sizeof(T));
-#pragma omp for schedule(dynamic, 16)
-  for (i64 r = 0; r < n_out; ++r) {
-    alignas(64) T buf[NB];
-    T* o = outT + r * N;
-    const T b = bias ? bias[r] : T(0);
-    const T* keep = keepT ? keepT + r * N : nullptr;
-    for (i64 n0 = 0; n0 < N; n0 += NB) {
-      const i64 nb = std::min<i64>(NB, N - n0);
-      if (nb == NB) tile_full<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, buf);
-      else tile_part<T, PERM>(idx, perm, vals, ptr[r], ptr[r + 1], srcT, N, n0, nb, buf);
-      for (i64 i = 0; i < nb; ++i) {
-        T v = bias ? buf[i] + b : buf[i];
-        if (relu) v = v < T(0) ? T(0) : v;              // as torch.relu: NaN stays NaN
-        if (keep && keep[n0 + i] <= T(0)) v = T(0);  // as ReLU's backward (threshold_backward)
-        o[n0 + i] = v;
-      }
+// Rows [r0, r1) of one panel: out[r * w + i] = [relu](sum_{j in ptr[r]..ptr[r+1]} vals[j] *
+// src[idx[j] * w + i] + bias[r]), then zero where keep[r * w + i] <= 0 when keep is given (the
+// backward pass through the previous layer's ReLU). SETS as in tile_full: 2 for the forward
+// products, 1 for the input gradient (the chains of the single-layer passes).
+template <typename T, int SETS>
+void chain_rows(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src, i64 w,
+                const T* bias, bool relu, const T* keep, T* out, i64 r0, i64 r1) {
+  constexpr i64 P = panel<T>();
+  const i64 jend = ptr[n_out];
+  const bool far = n_src * P * i64(sizeof(T)) > PF_MIN;
+  alignas(64) T buf[P];
+  for (i64 r = r0; r < r1; ++r) {
+    if (w < P) tile_part<T>(idx, vals, ptr[r], ptr[r + 1], src, w, buf);
+    else if (far) tile_full<T, true, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf);
+    else tile_full<T, false, SETS>(idx, vals, ptr[r], ptr[r + 1], jend, src, buf);
+    T* o = out + r * w;
+    const T* k = keep ? keep + r * w : nullptr;
+    for (i64 i = 0; i < w; ++i) {
+      T v = bias ? buf[i] + bias[r] : buf[i];
+      if (relu) v = v < T(0) ? T(0) : v;       // as torch.relu: NaN stays NaN
+      if (k && k[i] <= T(0)) v = T(0);         // as ReLU's backward (threshold_backward)
+      o[i] = v;
     }
   }
+}
+
+// the same, rows shared among the threads (orphaned worksharing, implicit barrier)
+template <typename T, int SETS>
+void chain_rows_shared(i64 n_out, i64 n_src, const i64* ptr, const i64* idx, const T* vals, const T* src, i64 w,
+                       const T* bias, bool relu, const T* keep, T* out) {
+  const i64 nch = chunks_for(n_out / RB);
+#pragma omp for schedule(dynamic, 1)
+  for (i64 ch = 0; ch < nch; ++ch)
+    chain_rows<T, SETS>(n_out, n_src, ptr, idx, vals, src, w, bias, relu, keep, out, n_out * ch / nch,
+                        n_out * (ch + 1) / nch);
+}
+
+// The panel at n0 (width w) of src (N, m) into dst / dst (w rows of a (N, m) matrix) from the
+// panel src, column tiles shared among the threads (implicit barrier)
+template <typename T> void pack_panel_shared(const T* src, T* dst, i64 n0, i64 w, i64 m) {
+#pragma omp for schedule(static)
+  for (i64 c0 = 0; c0 < m; c0 += TB) pack_tile<T>(src, dst, n0, w, m, c0, std::min(TB, m - c0), nullptr, false);
+}
+template <typename T> void unpack_panel_shared(const T* src, T* dst, i64 w, i64 m) {
+#pragma omp for schedule(static)
+  for (i64 c0 = 0; c0 < m; c0 += TB) copy_t<T>(src + c0 * w, w, dst + c0, m, std::min(TB, m - c0), w, nullptr);
+}
+
+// threads as the single-layer passes would use them: when one layer's pass has enough work
+inline bool chain_parallel(i64 L, i64 N, const i64* dims, const i64* const* crow, i64 passes) {
+  i64 work = 0;
+  for (i64 l = 0; l < L; ++l) work = std::max(work, passes * crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
+  return go_parallel(work);
 }
 
 template <typename T>
 void chain_forward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                    const T* const* vals, const T* const* bias, const uint8_t* relu, const T* x, T* const* acts, T* y) {
-  // threads as the single-layer passes would use them: when one layer's pass has enough work
-  i64 work = 0;
-  for (i64 l = 0; l < L; ++l) work = std::max(work, crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
-#pragma omp parallel if (go_parallel(work))
-  {
-    transpose<T>(x, acts[0], N, dims[0]);  // implicit barriers after each pass
+  constexpr i64 P = panel<T>();
+  if (!chain_parallel(L, N, dims, crow, 1)) {
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      pack_panel<T>(x, acts[0] + n0 * dims[0], n0, w, dims[0], nullptr, false);
+      for (i64 l = 0; l < L; ++l)
+        chain_rows<T, 2>(dims[l + 1], dims[l], crow[l], cols[l], vals[l], acts[l] + n0 * dims[l], w, bias[l],
+                         relu[l] != 0, nullptr, acts[l + 1] + n0 * dims[l + 1], 0, dims[l + 1]);
+      copy_t<T>(acts[L] + n0 * dims[L], w, y + n0 * dims[L], dims[L], dims[L], w, nullptr);
+    }
+    return;
+  }
+#pragma omp parallel
+  for (i64 n0 = 0; n0 < N; n0 += P) {
+    const i64 w = std::min(P, N - n0);
+    pack_panel_shared<T>(x, acts[0] + n0 * dims[0], n0, w, dims[0]);
     for (i64 l = 0; l < L; ++l)
-      spmm_tt<T, false>(N, dims[l + 1], crow[l], cols[l], nullptr, vals[l], acts[l], bias[l], relu[l] != 0,
-                        nullptr, acts[l + 1]);
-    transpose<T>(acts[L], y, dims[L], N);
+      chain_rows_shared<T, 2>(dims[l + 1], dims[l], crow[l], cols[l], vals[l], acts[l] + n0 * dims[l], w, bias[l],
+                              relu[l] != 0, nullptr, acts[l + 1] + n0 * dims[l + 1]);
+    unpack_panel_shared<T>(acts[L] + n0 * dims[L], y + n0 * dims[L], w, dims[L]);
   }
 }
 
-// gT (dims[L], N) scratch, then per layer from the last: link and bias gradients, and the input
-// gradient (transposed, through the previous layer's ReLU) into the other scratch.
+// gb[r] = (first ? 0 : gb[r]) + the sum of the panel row r, samples ascending (as the pack's sums)
+template <typename T> inline void row_sums(const T* g, i64 w, bool first, T* gb, i64 r0, i64 r1) {
+  for (i64 r = r0; r < r1; ++r) {
+    T acc = T(0);
+    for (i64 i = 0; i < w; ++i) acc += g[r * w + i];
+    gb[r] = first ? acc : gb[r] + acc;
+  }
+}
+
+// zero g where keep <= 0 (ReLU's backward), elements [i0, i1)
+template <typename T> inline void relu_mask(T* g, const T* keep, i64 i0, i64 i1) {
+  for (i64 i = i0; i < i1; ++i)
+    if (keep[i] <= T(0)) g[i] = T(0);
+}
+
+// Per panel: grad_y packed (through the last ReLU), then from the last layer down the bias sums,
+// the link gradients and the input-gradient panel (through the previous ReLU).
 template <typename T>
 void chain_backward(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                     const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol, const T* const* vals,
-                    const uint8_t* relu, const T* const* acts, const T* gy, T* const* gv, T* const* gb, T* gx,
-                    T* scratch_a, T* scratch_b) {
-  i64 work = 0;
-  for (i64 l = 0; l < L; ++l) work = std::max(work, 2 * crow[l][dims[l + 1]] * N + N * (dims[l] + dims[l + 1]));
-#pragma omp parallel if (go_parallel(work))
+                    const uint8_t* relu, const T* const* acts, const T* gy, T* const* gv, T* const* gb, T* gx) {
+  constexpr i64 P = panel<T>();
+  if (N == 0) {  // an empty batch: zero gradients
+    for (i64 l = 0; l < L; ++l) {
+      if (gv[l]) std::fill(gv[l], gv[l] + crow[l][dims[l + 1]], T(0));
+      if (gb[l]) std::fill(gb[l], gb[l] + dims[l + 1], T(0));
+    }
+    return;
+  }
+  const bool parallel = chain_parallel(L, N, dims, crow, 2);
+  // one panel on one thread: both gradients of a layer in one CSR pass (grads_rows), no CSC values
+  const bool rows_route = !parallel && N <= P;
+  i64 dmax = 0;
+  std::vector<i64> vt_off(size_t(L) + 1, 0);
+  for (i64 l = 0; l <= L; ++l) dmax = std::max(dmax, dims[l]);
+  for (i64 l = 0; l < L; ++l)
+    vt_off[l + 1] = vt_off[l] + ((!rows_route && (l > 0 || gx)) ? crow[l][dims[l + 1]] : 0);
+  static thread_local std::vector<T> keep_p, keep_v;
+  std::vector<T> once_p, once_v;
+  T* panels = scratch<T>(keep_p, once_p, 2 * dmax * P);
+  T* vt = scratch<T>(keep_v, once_v, vt_off[L]);
+#pragma omp parallel if (parallel)
   {
-    T* g = scratch_a;  // private to each thread; every thread swaps its own pair alike
-    T* next = scratch_b;
-    transpose<T>(gy, g, N, dims[L]);
-    if (relu[L - 1]) {
-      const i64 total = dims[L] * N;
-      const T* a = acts[L];
+    for (i64 l = 0; l < L; ++l)  // the values in CSC order, as the single-layer passes take them
+      if (vt_off[l + 1] > vt_off[l]) permute_shared<T, false>(vals[l], t_perm[l], crow[l][dims[l + 1]], vt + vt_off[l]);
+#pragma omp barrier
+    for (i64 n0 = 0; n0 < N; n0 += P) {
+      const i64 w = std::min(P, N - n0);
+      const bool first = n0 == 0;
+      T* g = panels;  // private copies of the two panel pointers, swapped alike by every thread
+      T* next = panels + dmax * P;
+      pack_panel_shared<T>(gy, g, n0, w, dims[L]);
+      if (relu[L - 1]) {
 #pragma omp for schedule(static)
-      for (i64 i = 0; i < total; ++i)
-        if (a[i] <= T(0)) g[i] = T(0);
-    }
-    for (i64 l = L - 1; l >= 0; --l) {
-      if (gv[l] || gb[l]) sddmm_t<T>(N, dims[l + 1], crow[l], cols[l], g, acts[l], gv[l], gb[l]);
-      if (l > 0 || gx) {
-        const T* keep = (l > 0 && relu[l - 1]) ? acts[l] : nullptr;
-        spmm_tt<T, true>(N, dims[l], ccol[l], t_rows[l], t_perm[l], vals[l], g, nullptr, false, keep, next);
-        std::swap(g, next);
+        for (i64 ch = 0; ch < 8; ++ch) relu_mask<T>(g, acts[L] + n0 * dims[L], dims[L] * w * ch / 8, dims[L] * w * (ch + 1) / 8);
       }
+      for (i64 l = L - 1; l >= 0; --l) {
+        const i64 n_out = dims[l + 1], n_in = dims[l];
+        const T* xP = acts[l] + n0 * n_in;
+        const T* keep = (l > 0 && relu[l - 1]) ? xP : nullptr;
+        const bool want_x = l > 0 || gx;
+        if (rows_route && want_x && gv[l]) {  // one thread, one panel
+          if (gb[l]) row_sums<T>(g, w, true, gb[l], 0, n_out);
+          if (n_in * P * i64(sizeof(T)) > PF_MIN) grads_rows<T, true>(n_out, n_in, crow[l], cols[l], vals[l], g, xP, w, gv[l], next);
+          else grads_rows<T, false>(n_out, n_in, crow[l], cols[l], vals[l], g, xP, w, gv[l], next);
+          if (keep) relu_mask<T>(next, keep, 0, n_in * w);
+          std::swap(g, next);
+          continue;
+        }
+        const i64 rch = chunks_for(n_out / RB);
+        if (gb[l] || gv[l]) {
+#pragma omp for schedule(static) nowait
+          for (i64 ch = 0; ch < rch; ++ch) {
+            const i64 r0 = n_out * ch / rch, r1 = n_out * (ch + 1) / rch;
+            if (gb[l]) row_sums<T>(g, w, first, gb[l], r0, r1);
+            if (gv[l]) sddmm_rows<T>(n_out, n_in, crow[l], cols[l], g, xP, w, first, gv[l], r0, r1);
+          }
+        }
+        if (want_x) {
+          chain_rows_shared<T, 1>(n_in, n_out, ccol[l], t_rows[l], vt + vt_off[l], g, w, nullptr, false, keep, next);
+          std::swap(g, next);  // the implicit barrier above: every thread is done with g
+        } else {
+#pragma omp barrier
+        }
+      }
+      if (gx) unpack_panel_shared<T>(g, gx + n0 * dims[0], w, dims[0]);
     }
-    if (gx) transpose<T>(g, gx, dims[0], N);
   }
 }
 
@@ -665,16 +1115,13 @@ void bs_chain_forward_f64(i64 L, i64 N, const i64* dims, const i64* const* crow,
 void bs_chain_backward_f32(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                            const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol,
                            const float* const* vals, const uint8_t* relu, const float* const* acts, const float* gy,
-                           float* const* gv, float* const* gb, float* gx, float* scratch_a, float* scratch_b) {
-  chain_backward<float>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx, scratch_a,
-                        scratch_b);
+                           float* const* gv, float* const* gb, float* gx) {
+  chain_backward<float>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx);
 }
 void bs_chain_backward_f64(i64 L, i64 N, const i64* dims, const i64* const* crow, const i64* const* cols,
                            const i64* const* t_perm, const i64* const* t_rows, const i64* const* ccol,
                            const double* const* vals, const uint8_t* relu, const double* const* acts,
-                           const double* gy, double* const* gv, double* const* gb, double* gx, double* scratch_a,
-                           double* scratch_b) {
-  chain_backward<double>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx, scratch_a,
-                         scratch_b);
+                           const double* gy, double* const* gv, double* const* gb, double* gx) {
+  chain_backward<double>(L, N, dims, crow, cols, t_perm, t_rows, ccol, vals, relu, acts, gy, gv, gb, gx);
 }
 }
