@@ -256,7 +256,8 @@ def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: fl
         opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=5e-4)
         every = default_update_every(method, spe, run_epochs * spe)
         engine = sparsify(model, opt, method=method, density=density, update_every=every,
-                          total_steps=nominal_epochs * spe, seed=seed, init_data=train_x[:10000], kernel=kernel,
+                          total_steps=nominal_epochs * spe, seed=seed, init_data=train_x.rows(slice(None, 10000)),
+                          kernel=kernel,
                           batch_size=batch_size)
 
         def train_step(idx: torch.Tensor) -> None:

@@ -55,7 +55,7 @@ def _child(run: str, dataset: str, data_dir: str | None, steps: int, density: fl
         model = MLP(layout)
         opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=5e-4)
         engine = sparsify(model, opt, method=run, density=density, update_every=max(1, steps // 2),
-                          total_steps=steps * 10, seed=0, init_data=train_x[:10000], kernel="auto", batch_size=32,
+                          total_steps=steps * 10, seed=0, init_data=train_x.rows(slice(None, 10000)), kernel="auto", batch_size=32,
                           **{k: v for k, v in options.items() if k not in ("update_every",)})
     order = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()

@@ -9,6 +9,7 @@ candidates have a positive score, and then uniformly at random from the ``fallba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -93,7 +94,7 @@ def _pick_positive(pos_index: Tensor, s: Tensor, k: int, rule: str, temperature:
     """``k`` of more than ``k`` positive candidates: top-k, or sampled ∝ s**temperature [Eq. 2/3]."""
     if rule == "topk" or math.isinf(temperature):
         return _ranked(pos_index, s, k, generator)
-    log_w = torch.log(s)
+    log_w = s.log_()  # in place: the caller's s is not read again
     if temperature != 1:
         log_w.mul_(temperature)  # temperature · log(s)
     keys = gumbel_keys(log_w, generator)
@@ -130,11 +131,115 @@ def select_index(
     # only candidates with a finite positive score compete; NaN and ±inf count as zero
     positive = cand & (flat_scores > 0)
     pos_index, s = _positive(flat_scores, positive.nonzero().squeeze(1))
+    del positive
     if pos_index.numel() > k:
         return _pick_positive(pos_index, s, k, rule, temperature, generator)
 
-    # Too few positive scores: all of them, then uniform among the fallback zero-score candidates.
-    positive.zero_()
+    return _with_zero_scores(pos_index, k, cand, fallback, generator)
+
+
+#: score entries formed at a time by :func:`select_index_rows` (256 KB of float32)
+ROW_BLOCK_ENTRIES = 1 << 16
+#: the fewest rows of a block (a last, shorter block joins the one before)
+MIN_BLOCK_ROWS = 16
+
+
+def row_blocks(n_rows: int, n_cols: int, entries: int = ROW_BLOCK_ENTRIES) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: consecutive blocks of rows of about ``entries`` entries each,
+    none shorter than ``MIN_BLOCK_ROWS`` rows (unless the whole array is)."""
+    step = max(MIN_BLOCK_ROWS, entries // max(1, n_cols))
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < n_rows:
+        stop = min(n_rows, start + step)
+        if n_rows - stop < MIN_BLOCK_ROWS:
+            stop = n_rows
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def select_index_rows(
+    score_rows: Callable[[int, int], Tensor],
+    k: int,
+    candidates: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    fallback: Tensor | None = None,
+    entries: int = ROW_BLOCK_ENTRIES,
+) -> Tensor:
+    """:func:`select_index` with ``rule="topk"`` for scores formed a block of rows at a time:
+    ``score_rows(start, stop)`` returns rows ``[start, stop)`` of the ``(out, in)`` scores and
+    is called once per block, in row order (a random score draws its numbers in the order the
+    whole array would). The same choice, the same random numbers and the same order of the
+    result as :func:`select_index` on the whole array, without it: between blocks only the
+    positive candidates that can still be among the ``k`` best are kept (with their rank among
+    all positive candidates, which the random tie-break needs)."""
+    n_rows, n_cols = candidates.shape
+    cand = candidates.bool()
+    device = cand.device
+    val = torch.zeros(0, dtype=torch.float64, device=device)  # the pool: score, flat index,
+    idx = torch.zeros(0, dtype=torch.int64, device=device)  # and rank among the positive
+    rank = torch.zeros(0, dtype=torch.int64, device=device)  # candidates (row-major)
+    n_pos = 0
+    bar: Tensor | None = None  # the k-th best score so far: anything below it is out for good
+    for start, stop in row_blocks(n_rows, n_cols, entries):
+        s = score_rows(start, stop).reshape(-1)
+        if s.numel() != (stop - start) * n_cols:
+            raise BrainsparseError(f"score rows {start}:{stop} have {s.numel()} entries; expected {(stop - start) * n_cols}")
+        # only candidates with a finite positive score compete (as in select_index: a block has a
+        # non-finite score exactly when the whole array has, so filtering per block is the same)
+        here = (cand[start:stop].reshape(-1) & (s > 0)).nonzero().squeeze(1)
+        v = s[here].double()
+        del s
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            here, v = here[finite], v[finite]
+        ranks = torch.arange(n_pos, n_pos + here.numel(), device=device)
+        n_pos += here.numel()
+        if bar is not None:
+            stays = v >= bar
+            here, v, ranks = here[stays], v[stays], ranks[stays]
+        val = torch.cat([val, v])
+        idx = torch.cat([idx, here + start * n_cols])
+        rank = torch.cat([rank, ranks])
+        if k > 0 and val.numel() > 2 * k:
+            bar = torch.topk(val, k, sorted=False).values.min()
+            stays = val >= bar
+            val, idx, rank = val[stays], idx[stays], rank[stays]
+    n_cand = count(cand)
+    if k < 0 or k > n_cand:
+        raise BrainsparseError(f"cannot select {k} links from {n_cand} candidates")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    if n_pos <= k:  # the pool never shrank: every positive candidate, in row-major order
+        return _with_zero_scores(idx, k, cand.reshape(-1), fallback, generator)
+    # _ranked over the pool: the k-th largest score splits it into sure winners and ties, of
+    # which the first in the permuted order of all positive candidates win
+    perm = randperm(n_pos, generator=generator, device=device) if generator is not None else None
+    kth = torch.topk(val, k, sorted=False).values.min()
+    relevant = val >= kth
+    val, idx, rank = val[relevant], idx[relevant], rank[relevant]  # rank stays ascending
+    if perm is None:
+        order = torch.arange(rank.numel(), device=device)
+    else:
+        is_relevant = torch.zeros(n_pos, dtype=torch.bool, device=device)
+        is_relevant[rank] = True
+        order = torch.searchsorted(rank, perm[is_relevant[perm].nonzero().squeeze(1)].long())
+        del is_relevant, perm
+    pk, pidx = val[order], idx[order]
+    above = pk > kth
+    tie = pk == kth
+    take = above | (tie & (tie.cumsum(0) <= k - count(above)))
+    pk, pidx = pk[take], pidx[take]
+    return pidx[torch.argsort(pk, descending=True, stable=True)]
+
+
+def _with_zero_scores(pos_index: Tensor, k: int, cand: Tensor, fallback: Tensor | None,
+                      generator: torch.Generator | None) -> Tensor:
+    """Too few positive scores: all of them (``pos_index``), then uniform among the fallback
+    zero-score candidates of the flat bool ``cand``, then among any remaining candidate."""
+    positive = torch.zeros_like(cand)
     positive[pos_index] = True
     missing = k - pos_index.numel()
     zero = cand & ~positive

@@ -152,7 +152,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
         """A :class:`ShardedStorage`: the full initial ``mask`` is held until set-up ends."""
         return ShardedStorage(module, mask, self.rank, self.world_size, self.group)
 
-    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
+    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Any) -> None:
         method = self.method
         self.method = dataclasses.replace(method, weight_init="keep")
         try:

@@ -22,6 +22,7 @@ from ..errors import BrainsparseError
 from ..kernels import choose_kernel
 from ..methods import MethodConfig
 from ..registry import Score, ScoreInput
+from ..scoring.regrowth import GradFactors, add_gradients
 from . import state as _state
 from . import update as _update
 from .components import density_schedule, resolve
@@ -60,7 +61,7 @@ class DynamicSparseEngine:
         update_every: int = 1,
         total_steps: int | None = None,
         seed: int = 0,
-        init_data: Tensor | None = None,
+        init_data: Any = None,
         kernel: str = "dense",
         batch_size: int = 32,
         attention: Sequence[dict[str, Any]] = (),
@@ -100,7 +101,7 @@ class DynamicSparseEngine:
         _ENGINES[id(model)] = self
 
     # ------------------------------------------------------------------ set-up
-    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
+    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Any) -> None:
         by_name = dict(layers)
         shapes = {n: (m.out_features, m.in_features) for n, m in layers}
         method = self.method
@@ -120,7 +121,10 @@ class DynamicSparseEngine:
                     "init 'csti' needs a batch of input data: pass init_data=<tensor (samples, features)> "
                     "or choose another init (uniform, erk, bsw, bsf, brf)"
                 )
-            correlation = topology.feature_correlation(init_data.reshape(init_data.shape[0], -1).float())
+            if isinstance(init_data, Tensor):
+                init_data = init_data.reshape(init_data.shape[0], -1).float()
+            # else rows read a block at a time (PixelImages: no float copy of the whole sample)
+            correlation = topology.feature_correlation(init_data)
         for chain in self.chains:
             masks = topology.initial_masks(
                 [shapes[n] for n in chain], [densities[n] for n in chain], init,
@@ -235,9 +239,9 @@ class DynamicSparseEngine:
             layer.hooks.append(layer.module.register_forward_pre_hook(self._make_head_capture(layer.name)))
 
     @staticmethod
-    def _keep_grad(layer: SparseLayer, grad: Tensor) -> None:
+    def _keep_grad(layer: SparseLayer, grad: Tensor | GradFactors) -> None:
         # summed over the micro-batches of a gradient-accumulation window
-        layer.dense_grad = grad if layer.dense_grad is None else layer.dense_grad + grad
+        layer.grad_record = add_gradients(layer.grad_record, grad)
 
     def _make_head_capture(self, name: str):
         """NeuroPrune: the input of an attention block's output projection (the heads' outputs,
@@ -337,7 +341,7 @@ class DynamicSparseEngine:
         """What ``score`` sees of ``layer`` with ``mask`` as its links (full-layer tensors)."""
         return ScoreInput(
             layer.name, mask, layer.dense_weight,
-            grad=layer.dense_grad if "gradient" in score.needs else None,
+            grad=layer.grad_record if "gradient" in score.needs else None,
             activations=layer.activations if "activations" in score.needs else None,
             generator=self.generator, method=self.method, max_exact_paths=self.max_exact_paths,
         )

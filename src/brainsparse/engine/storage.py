@@ -21,11 +21,12 @@ from torch import Tensor, nn
 
 from ..kernels import SparseLinear
 from ..registry import Regularizer
+from ..scoring.regrowth import GradFactors, factored_gradient
 
 #: the name of the bool mask buffer on a masked-path ``nn.Linear``
 MASK_BUFFER = "weight_mask"
 
-GradSink = Callable[[Tensor], None]
+GradSink = Callable[[Tensor | GradFactors], None]
 
 
 def swap_param(optimizer: torch.optim.Optimizer | None, old: nn.Parameter, new: nn.Parameter,
@@ -279,8 +280,10 @@ class LinkStorage:
         self.module.values.copy_(regularizer.links(self.module.values, s.rows, s.cols, s.shape, step_size))
 
     def attach_grad(self, capture: Callable[[], bool] | None, sink: GradSink) -> list[Any]:
-        """With ``capture``: a forward hook that, while ``capture()`` is true, forms the dense
-        gradient ∂L/∂W = gyᵀ x of the batch and hands it to ``sink``. Returns the handles."""
+        """With ``capture``: a forward hook that, while ``capture()`` is true, hands the dense
+        gradient ∂L/∂W = gyᵀ x of the batch to ``sink`` — as its factors ``gy`` and ``x`` when
+        they are the smaller (:func:`~brainsparse.scoring.regrowth.factored_gradient`). Returns
+        the handles."""
         if capture is None:
             return []
 
@@ -288,7 +291,7 @@ class LinkStorage:
             if not (module.training and output.requires_grad and capture()):
                 return
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
-            output.register_hook(lambda gy: sink(gy.detach().reshape(-1, gy.shape[-1]).T @ x))
+            output.register_hook(lambda gy: sink(factored_gradient(gy.detach(), x)))
 
         return [self.module.register_forward_hook(hook)]
 
