@@ -27,6 +27,7 @@ from torch import Tensor
 from .errors import BrainsparseError
 from .neuroprune import preferential_attachment_shrink, preferential_attachment_shrink_links
 from .schedules import ConstantDensity, DensitySchedule, EMSDensity, GradualDensity
+from .selection import row_col_counts
 from .scoring import ch_l3, l3_path_count
 from .scoring.regrowth import (
     GradFactors, cosine_similarity_scores, gradient_magnitude, random_score_rows, random_scores,
@@ -264,8 +265,10 @@ def _cannistraci_hebb(variant: str) -> ScoreFn:
         kept = layer.mask
         exact = layer.method.regrowth_exact if layer.method is not None else True
         links = int(torch.count_nonzero(kept))
-        max_out = int(torch.count_nonzero(kept, dim=1).max()) if links else 0
-        max_in = int(torch.count_nonzero(kept, dim=0).max()) if links else 0
+        per_row, per_col = row_col_counts(kept)
+        max_out = int(per_row.max()) if links else 0
+        max_in = int(per_col.max()) if links else 0
+        del per_row, per_col
         cheap = links * max_out * max_in <= layer.max_exact_paths
         if exact and not cheap and l3_path_count(kept) > layer.max_exact_paths:
             # the exact form costs one step per L3 path; past the budget use the matrix form

@@ -26,6 +26,19 @@ def count(mask: Tensor) -> int:
     return int(torch.count_nonzero(mask))
 
 
+def row_col_counts(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Links per row and per column of a 2-D mask (int64), counted a block of rows at a time:
+    ``count_nonzero`` over a dimension first copies what it counts into int64 (8 bytes per entry)."""
+    n_rows, n_cols = mask.shape
+    rows = torch.zeros(n_rows, dtype=torch.int64, device=mask.device)
+    cols = torch.zeros(n_cols, dtype=torch.int64, device=mask.device)
+    for start, stop in row_blocks(n_rows, n_cols):
+        block = mask[start:stop]
+        rows[start:stop] = torch.count_nonzero(block, dim=1)
+        cols += torch.count_nonzero(block, dim=0)
+    return rows, cols
+
+
 def _random_pick(index: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
     """``k`` entries of ``index`` uniformly without replacement."""
     if k <= 0:
@@ -43,14 +56,15 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
     perm = randperm(index.numel(), generator=generator, device=index.device) if generator is not None else None
     if keys.is_floating_point() and bool(torch.isnan(keys).any()):
         if perm is not None:
-            index, keys = index[perm], keys[perm]
+            index, keys = index.index_select(0, perm), keys.index_select(0, perm)
         return index[torch.argsort(keys, descending=True, stable=True)[:k]]
     # The same result (and order) as index[perm][argsort(keys[perm], descending, stable)[:k]],
     # without sorting or permuting all candidates (millions in a regrowth): the k-th largest key
     # splits them into sure winners (>) and ties (==), of which the first in permuted order win.
     kth = torch.topk(keys, k, sorted=False).values.min()
     relevant = keys >= kth
-    pos = relevant.nonzero().squeeze(1) if perm is None else perm[relevant[perm].nonzero().squeeze(1)]
+    # (index_select takes the int32 permutation as it is; plain indexing would copy it to int64)
+    pos = relevant.nonzero().squeeze(1) if perm is None else perm[relevant.index_select(0, perm).nonzero().squeeze(1)]
     pk = keys[pos]
     above = pk > kth
     tie = pk == kth
@@ -129,13 +143,56 @@ def select_index(
         return _random_pick(cand.nonzero().squeeze(1), k, generator)
 
     # only candidates with a finite positive score compete; NaN and ±inf count as zero
+    if rule == "soft" and not math.isinf(temperature):
+        step = ROW_BLOCK_ENTRIES
+        n_pos = sum(count(_finite_positive(flat_scores, cand, a, a + step)) for a in range(0, cand.numel(), step))
+        if n_pos > k:
+            return _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
+        pos_index = _finite_positive(flat_scores, cand, 0, cand.numel()).nonzero().squeeze(1)
+        return _with_zero_scores(pos_index, k, cand, fallback, generator)
     positive = cand & (flat_scores > 0)
     pos_index, s = _positive(flat_scores, positive.nonzero().squeeze(1))
     del positive
     if pos_index.numel() > k:
         return _pick_positive(pos_index, s, k, rule, temperature, generator)
-
     return _with_zero_scores(pos_index, k, cand, fallback, generator)
+
+
+def _finite_positive(flat_scores: Tensor, cand: Tensor, start: int, stop: int) -> Tensor:
+    """Entries ``[start, stop)``: candidates whose score is finite and positive (bool)."""
+    s = flat_scores[start:stop]
+    return cand[start:stop] & (s > 0) & torch.isfinite(s)
+
+
+def _soft_pick_blocks(flat_scores: Tensor, cand: Tensor, k: int, temperature: float,
+                      generator: torch.Generator | None, entries: int | None = None) -> Tensor:
+    """:func:`_pick_positive` with the soft rule over the candidates ``cand`` with a finite
+    positive score, taken a block of entries at a time in row-major order: each block's Gumbel
+    noise is the next stretch of the one draw for all of them, and only keys that can still be
+    among the ``k`` largest are kept between blocks — the same sample, in the same order, without
+    arrays of the candidates' size (their indices, float64 scores, noise and keys)."""
+    step = entries or ROW_BLOCK_ENTRIES
+    keys = torch.zeros(0, dtype=torch.float64, device=flat_scores.device)
+    index = torch.zeros(0, dtype=torch.int64, device=flat_scores.device)
+    bar: Tensor | None = None  # the k-th largest key so far
+    for start in range(0, flat_scores.numel(), step):
+        here = _finite_positive(flat_scores, cand, start, start + step).nonzero().squeeze(1)
+        if here.numel() == 0:
+            continue
+        here += start
+        log_w = flat_scores[here].double().log_()
+        if temperature != 1:
+            log_w.mul_(temperature)  # temperature · log(s)
+        block = gumbel_keys(log_w, generator)
+        if bar is not None:
+            stays = block >= bar
+            here, block = here[stays], block[stays]
+        keys, index = torch.cat([keys, block]), torch.cat([index, here])
+        if keys.numel() > 2 * k:
+            bar = torch.topk(keys, k, sorted=False).values.min()
+            stays = keys >= bar
+            keys, index = keys[stays], index[stays]
+    return index[torch.topk(keys, k).indices]
 
 
 #: score entries formed at a time by :func:`select_index_rows` (256 KB of float32)
@@ -225,7 +282,7 @@ def select_index_rows(
     else:
         is_relevant = torch.zeros(n_pos, dtype=torch.bool, device=device)
         is_relevant[rank] = True
-        order = torch.searchsorted(rank, perm[is_relevant[perm].nonzero().squeeze(1)].long())
+        order = torch.searchsorted(rank, perm[is_relevant.index_select(0, perm).nonzero().squeeze(1)].long())
         del is_relevant, perm
     pk, pidx = val[order], idx[order]
     above = pk > kth

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import topology
+from .._memory import release_freed_memory
 from .._validation import link_count
 from ..errors import BrainsparseError
 from ..kernels import choose_kernel
@@ -153,6 +154,7 @@ class DynamicSparseEngine:
                 *shape, layer.density, self.batch_size, layer.mask.device.type)
             if use == "sparse":
                 self._move(layer)
+        release_freed_memory()  # the masks' temporaries and the dense weights left behind
 
     def _storage_for(self, module: nn.Linear, mask: Tensor) -> Storage:
         """The storage a new sparse layer starts with: the masked path, ``mask`` installed as the
@@ -186,13 +188,14 @@ class DynamicSparseEngine:
         Returns ``{layer: new path}`` for the layers that moved."""
         switched: dict[str, str] = {}
         for name, layer in self.layers.items():
-            size = layer.mask.numel()
+            shape = layer.module.out_features, layer.module.in_features
+            size = shape[0] * shape[1]
             if size == 0:
                 continue
             density = layer.links / size
             if isinstance(layer.storage, LinkStorage):
                 density /= SWITCH_BACK_FACTOR  # hysteresis
-            use = choose_kernel(*layer.mask.shape, density, self.batch_size, layer.mask.device.type)
+            use = choose_kernel(*shape, density, self.batch_size, layer.param.device.type)
             if use != layer.storage.path:
                 self.switch_kernel(layer, use)
                 switched[name] = use

@@ -83,6 +83,8 @@ class SparseLayer:
     @property
     def links(self) -> int:
         """The number of links."""
+        if isinstance(self.storage, LinkStorage):
+            return self.storage.module.nnz  # the structure's, without forming the mask
         return count(self.mask)
 
     def dense_weight(self) -> Tensor:

@@ -227,6 +227,12 @@ class LinkStorage:
             self._mask_of = structure
         return self._mask
 
+    def drop_cached_mask(self) -> None:
+        """Forget the cached bool mask (``out × in`` bytes; made again on the next read). The
+        engine calls this after a topology update: between updates nothing reads it."""
+        self._mask = None
+        self._mask_of = None
+
     @property
     def param(self) -> nn.Parameter:
         """The parameter the optimizer updates: the link values."""

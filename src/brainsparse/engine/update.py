@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .._memory import release_freed_memory
 from .._validation import link_count
 from ..metrics.training import overlap_rate
 from ..neuroprune import head_outputs, redundant_heads, remove_heads
@@ -28,6 +29,7 @@ from ..registry import Score, ScoreInput
 from ..schedules import drop_fraction, is_epitopological_minimum, linear_temperature
 from ..selection import count, select, select_among, select_index, select_index_rows
 from .layer import SparseLayer
+from .storage import LinkStorage
 
 if TYPE_CHECKING:
     from .core import DynamicSparseEngine
@@ -221,7 +223,9 @@ def run_update(engine: DynamicSparseEngine) -> dict[str, Any]:
     zeta = drop_fraction(step, t_end, method.drop_fraction, method.drop_schedule)
     temperature = linear_temperature(step, t_end, *method.removal_temperature)
     prune_to, final = engine.density_schedule.step(step)
-    before = {n: layer.mask.clone() for n, layer in engine.layers.items()}
+    # the sparse path's mask is derived from its link structure and replaced, never written, when
+    # the links change: it serves as the "before" copy as it is
+    before = {n: layer.mask if layer.sparse_kernel else layer.mask.clone() for n, layer in engine.layers.items()}
     n_before = {n: count(m) for n, m in before.items()}
 
     kept: dict[str, Tensor] = {}
@@ -291,5 +295,9 @@ def run_update(engine: DynamicSparseEngine) -> dict[str, Any]:
         switched = engine.rechoose_kernels()
         if switched:
             record["kernel_switch"] = switched
+    for layer in engine.layers.values():
+        if isinstance(layer.storage, LinkStorage):
+            layer.storage.drop_cached_mask()  # made again at the next update
+    release_freed_memory()  # the update's masks and candidate lists
     record["time_s"] = time.perf_counter() - started
     return record
