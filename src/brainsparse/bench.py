@@ -347,7 +347,8 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
     if "peak" in parts:
         from .bench_peak import bench_peak_memory
 
-        result["peak"] = bench_peak_memory(dataset=dataset, data_dir=data_dir, steps=100 if quick else 400)
+        result["peak"] = bench_peak_memory(dataset=dataset, data_dir=data_dir, steps=100 if quick else 400,
+                                           repeats=1 if quick else 3)
     if "peers" in parts:
         from .bench_peers import bench_peers
 

@@ -22,11 +22,22 @@ from torch import Tensor, nn
 from ..kernels import SparseLinear
 from ..registry import Regularizer
 from ..scoring.regrowth import GradFactors, factored_gradient
+from ..selection import row_blocks
 
 #: the name of the bool mask buffer on a masked-path ``nn.Linear``
 MASK_BUFFER = "weight_mask"
 
 GradSink = Callable[[Tensor | GradFactors], None]
+
+
+def mul_by_mask_(t: Tensor, mask: Tensor) -> None:
+    """``t *= mask`` in place; on the CPU a block of rows at a time (a float tensor times a bool
+    mask first converts the whole mask to the float dtype: a weight-sized temporary)."""
+    if t.device.type != "cpu" or t.dim() != 2 or t.shape != mask.shape:
+        t.mul_(mask)
+        return
+    for start, stop in row_blocks(*t.shape):
+        t[start:stop].mul_(mask[start:stop])
 
 
 def swap_param(optimizer: torch.optim.Optimizer | None, old: nn.Parameter, new: nn.Parameter,
@@ -177,13 +188,13 @@ class MaskedStorage:
         """Zero weight, gradient and optimizer state off-mask."""
         mask = self.mask
         w = self.module.weight
-        w.mul_(mask)
+        mul_by_mask_(w, mask)
         if w.grad is not None:
-            w.grad.mul_(mask)
+            mul_by_mask_(w.grad, mask)
         if optimizer is not None:
             for value in optimizer.state.get(w, {}).values():
                 if torch.is_tensor(value) and value.shape == w.shape:
-                    value.mul_(mask)
+                    mul_by_mask_(value, mask)
 
     @torch.no_grad()
     def after_step(self) -> None:

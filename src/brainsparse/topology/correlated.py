@@ -13,9 +13,9 @@ from .random import _check_generator, _check_shape, _mask_from_flat, _randperm
 
 __all__ = ["feature_correlation", "correlated"]
 
-#: rows of the input read at a time by :func:`feature_correlation` (1024 × 784 MNIST pixels: a
-#: 6 MB float64 block instead of the whole sample in float64, twice)
-CORRELATION_BLOCK_ROWS = 1024
+#: rows of the input read at a time by :func:`feature_correlation` (256 × 784 MNIST pixels: a
+#: 1.6 MB float64 block instead of the whole sample in float64, twice)
+CORRELATION_BLOCK_ROWS = 256
 #: entries of the tiled score scored at a time by :func:`correlated` (2 MB of float64)
 CSTI_BLOCK_ENTRIES = 1 << 18
 
