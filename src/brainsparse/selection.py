@@ -169,8 +169,9 @@ def _soft_pick_blocks(flat_scores: Tensor, cand: Tensor, k: int, temperature: fl
     """:func:`_pick_positive` with the soft rule over the candidates ``cand`` with a finite
     positive score, taken a block of entries at a time in row-major order: each block's Gumbel
     noise is the next stretch of the one draw for all of them, and only keys that can still be
-    among the ``k`` largest are kept between blocks — the same sample, in the same order, without
-    arrays of the candidates' size (their indices, float64 scores, noise and keys)."""
+    among the ``k`` largest are kept between blocks — the same sample, in the same order (unless
+    two float64 keys tie exactly at the k-th place), without arrays of the candidates' size (their
+    indices, float64 scores, noise and keys)."""
     step = entries or ROW_BLOCK_ENTRIES
     keys = torch.zeros(0, dtype=torch.float64, device=flat_scores.device)
     index = torch.zeros(0, dtype=torch.int64, device=flat_scores.device)
