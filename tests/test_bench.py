@@ -58,14 +58,20 @@ def test_decay_part_times_decayed_methods_on_the_sparse_path(mnist_dir):
 
 def test_peak_part_runs_each_run_in_its_own_process(mnist_dir):
     from brainsparse.bench import markdown
-    from brainsparse.bench_peak import bench_peak_memory
+    from brainsparse.bench_peak import _child, bench_peak_memory
 
-    rows = bench_peak_memory(data_dir=str(mnist_dir), runs=("plain-dense", "set"), steps=4, density=0.1,
-                             hidden=(64, 64))
-    assert [r["run"] for r in rows] == ["plain-dense", "set"]
-    assert rows[0]["vs_plain_dense"] == 1.0 and rows[1]["updates"] >= 1
-    assert all(r["peak_rss_mib"] > 50 for r in rows)  # PyTorch alone takes more
-    text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"}, "peak": rows})
+    rows = bench_peak_memory(data_dir=str(mnist_dir), runs=("set",), steps=4, density=0.1, hidden=(64, 64))
+    assert [r["run"] for r in rows] == ["set"] and rows[0]["updates"] >= 1
+    assert rows[0]["peak_rss_mib"] > 50  # PyTorch alone takes more
+    phases = rows[0]["phases"]
+    assert list(phases) == ["start", "data", "model", "sparsify", "training", "evaluation"]
+    if phases["evaluation"]["peak_so_far_mib"] is not None:  # Linux: /proc/self/status
+        assert phases["data"]["peak_so_far_mib"] <= phases["evaluation"]["peak_so_far_mib"]
+    # a plain run, here in this process (the same code the child process runs)
+    plain = _child("plain-dense", "mnist", str(mnist_dir), 4, 0.1, hidden=(64, 64))
+    assert plain["density"] == 1.0 and plain["updates"] == 0 and "sparsify" not in plain["phases"]
+    text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"},
+                     "peak": [plain, *rows]})
     assert "| plain-dense | 1 |" in text and "| set | 0.1 |" in text
 
 
@@ -101,3 +107,33 @@ def test_models_part_times_both_paths_of_the_presets():
     assert set(r["auto_by_shape"]) == {"128x128", "384x128", "128x384"}
     assert r["dense_peak_mib"] > r["dense_growth_mib"] > 0 and r["sparse_peak_mib"] > 0
     assert "| llama-tiny | 0.1 |" in "\n".join(markdown_rows(rows))
+
+
+def test_peak_part_takes_medians_over_repeats_and_compares_with_the_better_plain_run(monkeypatch):
+    import subprocess
+
+    from brainsparse import bench_peak
+
+    peaks = {"plain-dense": [600, 650, 640], "plain-dense-uint8": [500, 480, 490], "set": [400, 420, 410]}
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        run = cmd[3]
+        calls.append(run)
+        peak = peaks[run][sum(c == run for c in calls) - 1]
+        row = {"run": run, "steps": 4, "density": 1.0 if run.startswith("plain") else 0.01, "updates": 0,
+               "seconds": 1.0, "test_accuracy": 0.5, "peak_rss_mib": peak,
+               "phases": {"data": {"rss_mib": 100.0, "peak_so_far_mib": 110.0}}}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(row) + "\n", stderr="")
+
+    monkeypatch.setattr(bench_peak.subprocess, "run", fake_run)
+    rows = bench_peak.bench_peak_memory(runs=tuple(peaks), steps=4, repeats=3)
+    assert calls == list(peaks) * 3  # rounds over all runs, interleaved
+    by = {r["run"]: r for r in rows}
+    assert [by[r]["peak_rss_mib"] for r in peaks] == [640, 490, 410]
+    assert by["set"]["peak_rss_mib_all"] == [400, 420, 410]
+    assert by["set"]["vs_best_plain"] == pytest.approx(410 / 490)
+    assert by["set"]["vs_plain_dense"] == pytest.approx(410 / 640)
+    text = "\n".join(bench_peak.markdown_rows(rows))
+    assert "median of 3 runs" in text and "| set | 0.01 | 410 MiB | 0.64× | 0.84× |" in text
+    assert "| set | 110 | – | – | – | – |" in text  # the phases table

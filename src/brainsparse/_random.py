@@ -23,5 +23,8 @@ def rand(shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | No
 
 
 def randperm(n: int, *, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """A uniform permutation of ``0..n-1`` on ``device``."""
-    return torch.randperm(n, generator=generator, device=_draw_device(generator, device)).to(device)
+    """A uniform permutation of ``0..n-1`` on ``device``: int32 when drawn on the CPU and ``n``
+    fits (the CPU draws the same permutation for either dtype; half the memory), else int64."""
+    draw = _draw_device(generator, device)
+    dtype = torch.int32 if draw.type == "cpu" and n < 2**31 else torch.int64
+    return torch.randperm(n, generator=generator, device=draw, dtype=dtype).to(device)

@@ -256,7 +256,8 @@ def bench_decay(dataset: str = "mnist", data_dir: str | None = None, density: fl
         opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=5e-4)
         every = default_update_every(method, spe, run_epochs * spe)
         engine = sparsify(model, opt, method=method, density=density, update_every=every,
-                          total_steps=nominal_epochs * spe, seed=seed, init_data=train_x[:10000], kernel=kernel,
+                          total_steps=nominal_epochs * spe, seed=seed, init_data=train_x.rows(slice(None, 10000)),
+                          kernel=kernel,
                           batch_size=batch_size)
 
         def train_step(idx: torch.Tensor) -> None:
@@ -346,7 +347,8 @@ def run_benchmarks(out: str | Path, parts: Sequence[str] = PARTS,
     if "peak" in parts:
         from .bench_peak import bench_peak_memory
 
-        result["peak"] = bench_peak_memory(dataset=dataset, data_dir=data_dir, steps=100 if quick else 400)
+        result["peak"] = bench_peak_memory(dataset=dataset, data_dir=data_dir, steps=100 if quick else 400,
+                                           repeats=1 if quick else 3)
     if "peers" in parts:
         from .bench_peers import bench_peers
 

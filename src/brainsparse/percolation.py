@@ -19,25 +19,32 @@ from torch import Tensor
 def percolate_chain(masks: Sequence[Tensor]) -> list[Tensor]:
     """Percolate a chain of layer masks to its fixed point; returns new masks."""
     out = [m.clone().bool() for m in masks]
+    _percolate_chain_(out)
+    return out
+
+
+def _percolate_chain_(out: list[Tensor]) -> bool:
+    """:func:`percolate_chain` in place on the bool masks ``out``; whether any link went. A dead
+    neuron's row or column is cleared in place (no mask-sized temporaries)."""
     for a, b in zip(out[:-1], out[1:]):
         if a.shape[0] != b.shape[1]:
             raise ValueError(f"chain mismatch: a layer with {a.shape[0]} outputs feeds one with {b.shape[1]} inputs")
-    changed = True
+    changed, any_change = True, False
     while changed:
         changed = False
         # backward sweep: a hidden neuron without outgoing links loses its incoming links
         for layer in range(len(out) - 2, -1, -1):
-            feeds_next = out[layer + 1].any(dim=0)
-            new = out[layer] & feeds_next[:, None]
-            if not torch.equal(new, out[layer]):
-                out[layer], changed = new, True
+            dead = ~out[layer + 1].any(dim=0)
+            if bool(out[layer][dead].any()):
+                out[layer].masked_fill_(dead[:, None], False)
+                changed = any_change = True
         # forward sweep: a hidden neuron without incoming links loses its outgoing links
         for layer in range(1, len(out)):
-            has_input = out[layer - 1].any(dim=1)
-            new = out[layer] & has_input[None, :]
-            if not torch.equal(new, out[layer]):
-                out[layer], changed = new, True
-    return out
+            dead = ~out[layer - 1].any(dim=1)
+            if bool(out[layer][:, dead].any()):
+                out[layer].masked_fill_(dead[None, :], False)
+                changed = any_change = True
+    return any_change
 
 
 def percolate(
@@ -57,11 +64,16 @@ def percolate(
             if not (torch.equal(new_a, a) and torch.equal(new_b, b)):
                 out[first], out[second], changed = new_a, new_b, True
         for chain in chains:
-            before = [out[n] for n in chain]
-            after = percolate_chain(before)
-            for name, old, new in zip(chain, before, after):
-                if not torch.equal(old, new):
-                    out[name], changed = new, True
+            masks = [out[n] for n in chain]  # the copies above, percolated in place
+            if len({id(m) for m in masks}) < len(masks):  # a layer twice in one chain: its own copies
+                masks = [m.clone() for m in masks]
+                before = [out[n] for n in chain]
+                _percolate_chain_(masks)
+                for name, old, new in zip(chain, before, masks):
+                    if not torch.equal(old, new):
+                        out[name], changed = new, True
+            elif _percolate_chain_(masks):
+                changed = True
     return out
 
 

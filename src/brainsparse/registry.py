@@ -27,8 +27,11 @@ from torch import Tensor
 from .errors import BrainsparseError
 from .neuroprune import preferential_attachment_shrink, preferential_attachment_shrink_links
 from .schedules import ConstantDensity, DensitySchedule, EMSDensity, GradualDensity
+from .selection import row_col_counts
 from .scoring import ch_l3, l3_path_count
-from .scoring.regrowth import cosine_similarity_scores, gradient_magnitude, random_scores
+from .scoring.regrowth import (
+    GradFactors, cosine_similarity_scores, gradient_magnitude, random_score_rows, random_scores,
+)
 from .scoring.removal import mest, relative_importance, weight_magnitude
 
 if TYPE_CHECKING:
@@ -43,20 +46,22 @@ class ScoreInput:
 
     ``mask``: the links scored (removal) or the links kept so far (regrowth); ``weight``: the
     dense ``(out, in)`` weight, zero off the links (formed on first use); ``grad``: the dense
-    gradient of the batch before the update (scores that declare ``needs=("gradient",)``);
+    gradient of the batch before the update (scores that declare ``needs=("gradient",)``;
+    formed on first use when the sparse path recorded its factors, see :meth:`grad_rows`);
     ``activations``: (inputs, pre-activations) of that batch (``needs=("activations",)``);
     ``generator``: the engine's random generator; ``method``: the run's method config;
     ``notes``: a dict whose entries land in the layer's update record.
     """
 
-    def __init__(self, name: str, mask: Tensor, weight: Callable[[], Tensor], *, grad: Tensor | None = None,
-                 activations: tuple[Tensor, Tensor] | None = None, generator: torch.Generator | None = None,
-                 method: MethodConfig | None = None, max_exact_paths: int = 1_000_000_000) -> None:
+    def __init__(self, name: str, mask: Tensor, weight: Callable[[], Tensor], *,
+                 grad: Tensor | GradFactors | None = None, activations: tuple[Tensor, Tensor] | None = None,
+                 generator: torch.Generator | None = None, method: MethodConfig | None = None,
+                 max_exact_paths: int = 1_000_000_000) -> None:
         self.name = name
         self.mask = mask
         self._weight = weight
         self._weight_value: Tensor | None = None
-        self.grad = grad
+        self._grad_record = grad
         self.activations = activations
         self.generator = generator
         self.method = method
@@ -69,6 +74,24 @@ class ScoreInput:
         if self._weight_value is None:
             self._weight_value = self._weight()
         return self._weight_value
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The dense ``(out, in)`` gradient of the batch before the update (formed on first use)."""
+        if isinstance(self._grad_record, GradFactors):
+            self._grad_record = self._grad_record.dense()
+        return self._grad_record
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        self._grad_record = value
+
+    def grad_rows(self, start: int, stop: int) -> Tensor | None:
+        """Rows ``[start, stop)`` of :attr:`grad`, without forming the whole gradient."""
+        record = self._grad_record
+        if isinstance(record, GradFactors):
+            return record.rows(start, stop)
+        return None if record is None else record[start:stop]
 
 
 ScoreFn = Callable[[ScoreInput], Tensor]
@@ -87,17 +110,25 @@ class RowForm:
     finish: Callable[[Tensor, ScoreInput], Tensor] | None = None
 
 
+#: ``f(layer, start, stop)``: rows ``[start, stop)`` of a score's ``(out, in)`` array
+BlockFn = Callable[[ScoreInput, int, int], Tensor]
+
+
 @dataclass(frozen=True)
 class Score:
     """A registered score: the function, what it needs recorded, (removal only) an optional
     form on the link values alone (row-major link order), which the sparse path uses without
-    forming a dense weight (it must rank links exactly as ``fn`` does), and an optional
-    :class:`RowForm` for row-sharded layers."""
+    forming a dense weight (it must rank links exactly as ``fn`` does), an optional
+    :class:`RowForm` for row-sharded layers, and (regrowth only) an optional ``blocks`` form:
+    ``blocks(layer, start, stop)`` gives rows ``[start, stop)`` of ``fn(layer)`` from the
+    full-layer input, called once per block in row order (a random score draws its numbers in
+    the order ``fn`` draws them), so top-k regrowth never forms the whole ``(out, in)`` array."""
 
     fn: ScoreFn
     needs: frozenset[str] = field(default_factory=frozenset)
     on_links: Callable[[Tensor], Tensor] | None = None
     rows: RowForm | None = None
+    blocks: BlockFn | None = None
 
 
 @dataclass(frozen=True)
@@ -151,14 +182,16 @@ def register_removal_score(name: str, fn: ScoreFn | None = None, *, needs: tuple
 
 
 def register_regrowth_score(name: str, fn: ScoreFn | None = None, *, needs: tuple[str, ...] = (),
-                            rows: RowForm | None = None, overwrite: bool = False):
+                            rows: RowForm | None = None, blocks: BlockFn | None = None, overwrite: bool = False):
     """Register ``fn(layer: ScoreInput) -> scores`` as regrowth score ``name`` (higher = grow first).
 
-    Usable as a decorator; ``needs`` and ``rows`` as in :func:`register_removal_score`. Returns ``fn``.
+    Usable as a decorator; ``needs`` and ``rows`` as in :func:`register_removal_score`;
+    ``blocks`` is an optional block-of-rows form (see :class:`Score`). Returns ``fn``.
     """
 
     def add(f: ScoreFn) -> ScoreFn:
-        _register("regrowth score", REGROWTH_SCORES, name, Score(f, _needs(needs), rows=rows), overwrite)
+        _register("regrowth score", REGROWTH_SCORES, name, Score(f, _needs(needs), rows=rows, blocks=blocks),
+                  overwrite)
         return f
 
     return add if fn is None else add(fn)
@@ -201,10 +234,21 @@ def _random(layer: ScoreInput) -> Tensor:
     return random_scores(layer.mask, generator=layer.generator)
 
 
+def _random_rows(layer: ScoreInput, start: int, stop: int) -> Tensor:
+    return random_score_rows(layer.mask, start, stop, generator=layer.generator)
+
+
 def _gradient(layer: ScoreInput) -> Tensor:
     if layer.grad is None:
         raise BrainsparseError(f"layer {layer.name}: gradient regrowth needs a backward pass before the update step")
     return gradient_magnitude(layer.grad, layer.mask)
+
+
+def _gradient_rows(layer: ScoreInput, start: int, stop: int) -> Tensor:
+    grad = layer.grad_rows(start, stop)
+    if grad is None:
+        raise BrainsparseError(f"layer {layer.name}: gradient regrowth needs a backward pass before the update step")
+    return gradient_magnitude(grad, layer.mask[start:stop])
 
 
 def _cosine(layer: ScoreInput) -> Tensor:
@@ -221,8 +265,10 @@ def _cannistraci_hebb(variant: str) -> ScoreFn:
         kept = layer.mask
         exact = layer.method.regrowth_exact if layer.method is not None else True
         links = int(torch.count_nonzero(kept))
-        max_out = int(torch.count_nonzero(kept, dim=1).max()) if links else 0
-        max_in = int(torch.count_nonzero(kept, dim=0).max()) if links else 0
+        per_row, per_col = row_col_counts(kept)
+        max_out = int(per_row.max()) if links else 0
+        max_in = int(per_col.max()) if links else 0
+        del per_row, per_col
         cheap = links * max_out * max_in <= layer.max_exact_paths
         if exact and not cheap and l3_path_count(kept) > layer.max_exact_paths:
             # the exact form costs one step per L3 path; past the budget use the matrix form
@@ -244,9 +290,9 @@ _builtin("removal score", REMOVAL_SCORES, "magnitude",
 _builtin("removal score", REMOVAL_SCORES, "relative_importance",
          Score(_relative_importance, rows=RowForm(_magnitude, lambda full, layer: relative_importance(full, layer.mask))))
 _builtin("removal score", REMOVAL_SCORES, "mest", Score(_mest, frozenset({"gradient"}), rows=RowForm(_mest)))
-_builtin("regrowth score", REGROWTH_SCORES, "random", Score(_random))
+_builtin("regrowth score", REGROWTH_SCORES, "random", Score(_random, blocks=_random_rows))
 _builtin("regrowth score", REGROWTH_SCORES, "gradient",
-         Score(_gradient, frozenset({"gradient"}), rows=RowForm(_gradient)))
+         Score(_gradient, frozenset({"gradient"}), rows=RowForm(_gradient), blocks=_gradient_rows))
 for _name, _variant in (("ch3_l3", "CH3"), ("ch2_l3", "CH2"), ("ch3.1_l3", "CH3.1")):
     _builtin("regrowth score", REGROWTH_SCORES, _name, Score(_cannistraci_hebb(_variant)))
 _builtin("regrowth score", REGROWTH_SCORES, "cosine", Score(_cosine, frozenset({"activations"})))
@@ -258,7 +304,8 @@ _builtin("density schedule", DENSITY_SCHEDULES, "ems", EMSDensity)
 REGULARIZERS["preferential_attachment"] = Regularizer(preferential_attachment_shrink, preferential_attachment_shrink_links)
 
 __all__ = [
-    "DENSITY_SCHEDULES", "REGROWTH_SCORES", "REGULARIZERS", "REMOVAL_SCORES", "Regularizer", "RowForm", "Score",
+    "BlockFn", "DENSITY_SCHEDULES", "REGROWTH_SCORES", "REGULARIZERS", "REMOVAL_SCORES", "Regularizer", "RowForm",
+    "Score",
     "ScoreInput",
     "lookup", "register_density_schedule", "register_regrowth_score", "register_removal_score",
 ]

@@ -9,6 +9,7 @@ candidates have a positive score, and then uniformly at random from the ``fallba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -23,6 +24,19 @@ RULES = ("topk", "soft")
 def count(mask: Tensor) -> int:
     """Number of true entries (count_nonzero: several times faster than a bool sum)."""
     return int(torch.count_nonzero(mask))
+
+
+def row_col_counts(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Links per row and per column of a 2-D mask (int64), counted a block of rows at a time:
+    ``count_nonzero`` over a dimension first copies what it counts into int64 (8 bytes per entry)."""
+    n_rows, n_cols = mask.shape
+    rows = torch.zeros(n_rows, dtype=torch.int64, device=mask.device)
+    cols = torch.zeros(n_cols, dtype=torch.int64, device=mask.device)
+    for start, stop in row_blocks(n_rows, n_cols):
+        block = mask[start:stop]
+        rows[start:stop] = torch.count_nonzero(block, dim=1)
+        cols += torch.count_nonzero(block, dim=0)
+    return rows, cols
 
 
 def _random_pick(index: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
@@ -42,14 +56,15 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
     perm = randperm(index.numel(), generator=generator, device=index.device) if generator is not None else None
     if keys.is_floating_point() and bool(torch.isnan(keys).any()):
         if perm is not None:
-            index, keys = index[perm], keys[perm]
+            index, keys = index.index_select(0, perm), keys.index_select(0, perm)
         return index[torch.argsort(keys, descending=True, stable=True)[:k]]
     # The same result (and order) as index[perm][argsort(keys[perm], descending, stable)[:k]],
     # without sorting or permuting all candidates (millions in a regrowth): the k-th largest key
     # splits them into sure winners (>) and ties (==), of which the first in permuted order win.
     kth = torch.topk(keys, k, sorted=False).values.min()
     relevant = keys >= kth
-    pos = relevant.nonzero().squeeze(1) if perm is None else perm[relevant[perm].nonzero().squeeze(1)]
+    # (index_select takes the int32 permutation as it is; plain indexing would copy it to int64)
+    pos = relevant.nonzero().squeeze(1) if perm is None else perm[relevant.index_select(0, perm).nonzero().squeeze(1)]
     pk = keys[pos]
     above = pk > kth
     tie = pk == kth
@@ -93,7 +108,7 @@ def _pick_positive(pos_index: Tensor, s: Tensor, k: int, rule: str, temperature:
     """``k`` of more than ``k`` positive candidates: top-k, or sampled ∝ s**temperature [Eq. 2/3]."""
     if rule == "topk" or math.isinf(temperature):
         return _ranked(pos_index, s, k, generator)
-    log_w = torch.log(s)
+    log_w = s.log_()  # in place: the caller's s is not read again
     if temperature != 1:
         log_w.mul_(temperature)  # temperature · log(s)
     keys = gumbel_keys(log_w, generator)
@@ -128,13 +143,161 @@ def select_index(
         return _random_pick(cand.nonzero().squeeze(1), k, generator)
 
     # only candidates with a finite positive score compete; NaN and ±inf count as zero
+    if rule == "soft" and not math.isinf(temperature):
+        step = ROW_BLOCK_ENTRIES
+        n_pos = sum(count(_finite_positive(flat_scores, cand, a, a + step)) for a in range(0, cand.numel(), step))
+        if n_pos > k:
+            return _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
+        pos_index = _finite_positive(flat_scores, cand, 0, cand.numel()).nonzero().squeeze(1)
+        return _with_zero_scores(pos_index, k, cand, fallback, generator)
     positive = cand & (flat_scores > 0)
     pos_index, s = _positive(flat_scores, positive.nonzero().squeeze(1))
+    del positive
     if pos_index.numel() > k:
         return _pick_positive(pos_index, s, k, rule, temperature, generator)
+    return _with_zero_scores(pos_index, k, cand, fallback, generator)
 
-    # Too few positive scores: all of them, then uniform among the fallback zero-score candidates.
-    positive.zero_()
+
+def _finite_positive(flat_scores: Tensor, cand: Tensor, start: int, stop: int) -> Tensor:
+    """Entries ``[start, stop)``: candidates whose score is finite and positive (bool)."""
+    s = flat_scores[start:stop]
+    return cand[start:stop] & (s > 0) & torch.isfinite(s)
+
+
+def _soft_pick_blocks(flat_scores: Tensor, cand: Tensor, k: int, temperature: float,
+                      generator: torch.Generator | None, entries: int | None = None) -> Tensor:
+    """:func:`_pick_positive` with the soft rule over the candidates ``cand`` with a finite
+    positive score, taken a block of entries at a time in row-major order: each block's Gumbel
+    noise is the next stretch of the one draw for all of them, and only keys that can still be
+    among the ``k`` largest are kept between blocks — the same sample, in the same order (unless
+    two float64 keys tie exactly at the k-th place), without arrays of the candidates' size (their
+    indices, float64 scores, noise and keys)."""
+    step = entries or ROW_BLOCK_ENTRIES
+    keys = torch.zeros(0, dtype=torch.float64, device=flat_scores.device)
+    index = torch.zeros(0, dtype=torch.int64, device=flat_scores.device)
+    bar: Tensor | None = None  # the k-th largest key so far
+    for start in range(0, flat_scores.numel(), step):
+        here = _finite_positive(flat_scores, cand, start, start + step).nonzero().squeeze(1)
+        if here.numel() == 0:
+            continue
+        here += start
+        log_w = flat_scores[here].double().log_()
+        if temperature != 1:
+            log_w.mul_(temperature)  # temperature · log(s)
+        block = gumbel_keys(log_w, generator)
+        if bar is not None:
+            stays = block >= bar
+            here, block = here[stays], block[stays]
+        keys, index = torch.cat([keys, block]), torch.cat([index, here])
+        if keys.numel() > 2 * k:
+            bar = torch.topk(keys, k, sorted=False).values.min()
+            stays = keys >= bar
+            keys, index = keys[stays], index[stays]
+    return index[torch.topk(keys, k).indices]
+
+
+#: score entries formed at a time by :func:`select_index_rows` (256 KB of float32)
+ROW_BLOCK_ENTRIES = 1 << 16
+#: the fewest rows of a block (a last, shorter block joins the one before)
+MIN_BLOCK_ROWS = 16
+
+
+def row_blocks(n_rows: int, n_cols: int, entries: int = ROW_BLOCK_ENTRIES) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: consecutive blocks of rows of about ``entries`` entries each,
+    none shorter than ``MIN_BLOCK_ROWS`` rows (unless the whole array is)."""
+    step = max(MIN_BLOCK_ROWS, entries // max(1, n_cols))
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < n_rows:
+        stop = min(n_rows, start + step)
+        if n_rows - stop < MIN_BLOCK_ROWS:
+            stop = n_rows
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def select_index_rows(
+    score_rows: Callable[[int, int], Tensor],
+    k: int,
+    candidates: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    fallback: Tensor | None = None,
+    entries: int = ROW_BLOCK_ENTRIES,
+) -> Tensor:
+    """:func:`select_index` with ``rule="topk"`` for scores formed a block of rows at a time:
+    ``score_rows(start, stop)`` returns rows ``[start, stop)`` of the ``(out, in)`` scores and
+    is called once per block, in row order (a random score draws its numbers in the order the
+    whole array would). The same choice, the same random numbers and the same order of the
+    result as :func:`select_index` on the whole array, without it: between blocks only the
+    positive candidates that can still be among the ``k`` best are kept (with their rank among
+    all positive candidates, which the random tie-break needs)."""
+    n_rows, n_cols = candidates.shape
+    cand = candidates.bool()
+    device = cand.device
+    val = torch.zeros(0, dtype=torch.float64, device=device)  # the pool: score, flat index,
+    idx = torch.zeros(0, dtype=torch.int64, device=device)  # and rank among the positive
+    rank = torch.zeros(0, dtype=torch.int64, device=device)  # candidates (row-major)
+    n_pos = 0
+    bar: Tensor | None = None  # the k-th best score so far: anything below it is out for good
+    for start, stop in row_blocks(n_rows, n_cols, entries):
+        s = score_rows(start, stop).reshape(-1)
+        if s.numel() != (stop - start) * n_cols:
+            raise BrainsparseError(f"score rows {start}:{stop} have {s.numel()} entries; expected {(stop - start) * n_cols}")
+        # only candidates with a finite positive score compete (as in select_index: a block has a
+        # non-finite score exactly when the whole array has, so filtering per block is the same)
+        here = (cand[start:stop].reshape(-1) & (s > 0)).nonzero().squeeze(1)
+        v = s[here].double()
+        del s
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            here, v = here[finite], v[finite]
+        ranks = torch.arange(n_pos, n_pos + here.numel(), device=device)
+        n_pos += here.numel()
+        if bar is not None:
+            stays = v >= bar
+            here, v, ranks = here[stays], v[stays], ranks[stays]
+        val = torch.cat([val, v])
+        idx = torch.cat([idx, here + start * n_cols])
+        rank = torch.cat([rank, ranks])
+        if k > 0 and val.numel() > 2 * k:
+            bar = torch.topk(val, k, sorted=False).values.min()
+            stays = val >= bar
+            val, idx, rank = val[stays], idx[stays], rank[stays]
+    n_cand = count(cand)
+    if k < 0 or k > n_cand:
+        raise BrainsparseError(f"cannot select {k} links from {n_cand} candidates")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    if n_pos <= k:  # the pool never shrank: every positive candidate, in row-major order
+        return _with_zero_scores(idx, k, cand.reshape(-1), fallback, generator)
+    # _ranked over the pool: the k-th largest score splits it into sure winners and ties, of
+    # which the first in the permuted order of all positive candidates win
+    perm = randperm(n_pos, generator=generator, device=device) if generator is not None else None
+    kth = torch.topk(val, k, sorted=False).values.min()
+    relevant = val >= kth
+    val, idx, rank = val[relevant], idx[relevant], rank[relevant]  # rank stays ascending
+    if perm is None:
+        order = torch.arange(rank.numel(), device=device)
+    else:
+        is_relevant = torch.zeros(n_pos, dtype=torch.bool, device=device)
+        is_relevant[rank] = True
+        order = torch.searchsorted(rank, perm[is_relevant.index_select(0, perm).nonzero().squeeze(1)].long())
+        del is_relevant, perm
+    pk, pidx = val[order], idx[order]
+    above = pk > kth
+    tie = pk == kth
+    take = above | (tie & (tie.cumsum(0) <= k - count(above)))
+    pk, pidx = pk[take], pidx[take]
+    return pidx[torch.argsort(pk, descending=True, stable=True)]
+
+
+def _with_zero_scores(pos_index: Tensor, k: int, cand: Tensor, fallback: Tensor | None,
+                      generator: torch.Generator | None) -> Tensor:
+    """Too few positive scores: all of them (``pos_index``), then uniform among the fallback
+    zero-score candidates of the flat bool ``cand``, then among any remaining candidate."""
+    positive = torch.zeros_like(cand)
     positive[pos_index] = True
     missing = k - pos_index.numel()
     zero = cand & ~positive

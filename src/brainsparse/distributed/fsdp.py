@@ -32,7 +32,6 @@ each rank fills a full temporary of one layer at a time and keeps its rows.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
@@ -47,20 +46,10 @@ from ..engine import DynamicSparseEngine, SparseLayer, sparsify
 from ..engine.components import resolve
 from ..errors import BrainsparseError
 from ..registry import Score, ScoreInput
+from .._memory import release_freed_memory
 from .sharded_storage import (
     DTensor, ShardedScoreInput, ShardedStorage, gather_rows, local, row_range, sharded_score,
 )
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed to the C allocator back to the system (glibc ``malloc_trim``; a no-op
-    elsewhere). Used after the unsharded model and the full masks of set-up or an update are
-    freed: glibc otherwise keeps such blocks in its heap, and the process's resident memory
-    stays at its high-water mark."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -152,7 +141,7 @@ class ShardedSparseEngine(DynamicSparseEngine):
         """A :class:`ShardedStorage`: the full initial ``mask`` is held until set-up ends."""
         return ShardedStorage(module, mask, self.rank, self.world_size, self.group)
 
-    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
+    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Any) -> None:
         method = self.method
         self.method = dataclasses.replace(method, weight_init="keep")
         try:

@@ -21,6 +21,8 @@ any other score reading ``weight`` or ``grad`` gathers them on first use.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable
 from typing import Any
@@ -270,8 +272,8 @@ def sharded_score(score: Score) -> Score:
     scores are gathered (then finished on the full mask); otherwise the plain score on the full
     view (which gathers weight or gradient only if it reads them)."""
     rows = score.rows
-    if rows is None:
-        return score
+    if rows is None:  # the plain score (its block form, if any, reads the full-layer input)
+        return score if score.blocks is None else dataclasses.replace(score, blocks=None)
 
     def fn(layer: ScoreInput) -> Tensor:
         if not isinstance(layer, ShardedScoreInput):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .._validation import check_choice, check_density, check_positive_int
 from ..errors import BrainsparseError
@@ -32,7 +32,7 @@ def sparsify(
     pairs: Sequence[tuple[str, str]] = (),
     attention: Sequence[dict[str, Any]] | None = None,
     seed: int | None = None,
-    init_data: Tensor | None = None,
+    init_data: Any = None,
     kernel: str = "dense",
     batch_size: int = 32,
     engine_class: Callable[..., DynamicSparseEngine] | None = None,
@@ -54,6 +54,10 @@ def sparsify(
 
     ``attention`` lists attention blocks ({"name", "heads", "q", "k", "v", "o"}) for NeuroPrune's
     head pruning (default: found in the model, see :func:`~brainsparse.layers.infer_attention_blocks`).
+
+    ``init_data`` is the sample of inputs CSTI correlates: a ``(samples, ...)`` tensor, or rows
+    read a block at a time such as ``PixelImages.rows(slice(None, 10000))`` (no float copy of
+    the whole sample).
 
     ``kernel`` picks the execution of the sparse layers: ``"dense"`` (dense weights multiplied by
     masks), ``"sparse"`` (each layer becomes a :class:`~brainsparse.kernels.SparseLinear` whose

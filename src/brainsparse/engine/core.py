@@ -17,12 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import topology
+from .._memory import release_freed_memory
 from .._validation import link_count
 from ..errors import BrainsparseError
 from ..kernels import choose_kernel
 from ..kernels.chain import idle_when
 from ..methods import MethodConfig
 from ..registry import Score, ScoreInput
+from ..scoring.regrowth import GradFactors, add_gradients
 from . import state as _state
 from . import update as _update
 from .components import density_schedule, resolve
@@ -61,7 +63,7 @@ class DynamicSparseEngine:
         update_every: int = 1,
         total_steps: int | None = None,
         seed: int = 0,
-        init_data: Tensor | None = None,
+        init_data: Any = None,
         kernel: str = "dense",
         batch_size: int = 32,
         attention: Sequence[dict[str, Any]] = (),
@@ -101,7 +103,7 @@ class DynamicSparseEngine:
         _ENGINES[id(model)] = self
 
     # ------------------------------------------------------------------ set-up
-    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Tensor | None) -> None:
+    def _build(self, layers: Sequence[tuple[str, nn.Linear]], init_data: Any) -> None:
         by_name = dict(layers)
         shapes = {n: (m.out_features, m.in_features) for n, m in layers}
         method = self.method
@@ -121,7 +123,10 @@ class DynamicSparseEngine:
                     "init 'csti' needs a batch of input data: pass init_data=<tensor (samples, features)> "
                     "or choose another init (uniform, erk, bsw, bsf, brf)"
                 )
-            correlation = topology.feature_correlation(init_data.reshape(init_data.shape[0], -1).float())
+            if isinstance(init_data, Tensor):
+                init_data = init_data.reshape(init_data.shape[0], -1).float()
+            # else rows read a block at a time (PixelImages: no float copy of the whole sample)
+            correlation = topology.feature_correlation(init_data)
         for chain in self.chains:
             masks = topology.initial_masks(
                 [shapes[n] for n in chain], [densities[n] for n in chain], init,
@@ -150,6 +155,7 @@ class DynamicSparseEngine:
                 *shape, layer.density, self.batch_size, layer.mask.device.type)
             if use == "sparse":
                 self._move(layer)
+        release_freed_memory()  # the masks' temporaries and the dense weights left behind
 
     def _storage_for(self, module: nn.Linear, mask: Tensor) -> Storage:
         """The storage a new sparse layer starts with: the masked path, ``mask`` installed as the
@@ -183,13 +189,14 @@ class DynamicSparseEngine:
         Returns ``{layer: new path}`` for the layers that moved."""
         switched: dict[str, str] = {}
         for name, layer in self.layers.items():
-            size = layer.mask.numel()
+            shape = layer.module.out_features, layer.module.in_features
+            size = shape[0] * shape[1]
             if size == 0:
                 continue
             density = layer.links / size
             if isinstance(layer.storage, LinkStorage):
                 density /= SWITCH_BACK_FACTOR  # hysteresis
-            use = choose_kernel(*layer.mask.shape, density, self.batch_size, layer.mask.device.type)
+            use = choose_kernel(*shape, density, self.batch_size, layer.param.device.type)
             if use != layer.storage.path:
                 self.switch_kernel(layer, use)
                 switched[name] = use
@@ -236,9 +243,9 @@ class DynamicSparseEngine:
             layer.hooks.append(layer.module.register_forward_pre_hook(self._make_head_capture(layer.name)))
 
     @staticmethod
-    def _keep_grad(layer: SparseLayer, grad: Tensor) -> None:
+    def _keep_grad(layer: SparseLayer, grad: Tensor | GradFactors) -> None:
         # summed over the micro-batches of a gradient-accumulation window
-        layer.dense_grad = grad if layer.dense_grad is None else layer.dense_grad + grad
+        layer.grad_record = add_gradients(layer.grad_record, grad)
 
     def _make_head_capture(self, name: str):
         """NeuroPrune: the input of an attention block's output projection (the heads' outputs,
@@ -338,7 +345,7 @@ class DynamicSparseEngine:
         """What ``score`` sees of ``layer`` with ``mask`` as its links (full-layer tensors)."""
         return ScoreInput(
             layer.name, mask, layer.dense_weight,
-            grad=layer.dense_grad if "gradient" in score.needs else None,
+            grad=layer.grad_record if "gradient" in score.needs else None,
             activations=layer.activations if "activations" in score.needs else None,
             generator=self.generator, method=self.method, max_exact_paths=self.max_exact_paths,
         )

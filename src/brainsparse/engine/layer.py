@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..scoring.regrowth import GradFactors
 from ..selection import count
 from .storage import LinkStorage, MaskedStorage, Storage
 
@@ -16,7 +17,11 @@ from .storage import LinkStorage, MaskedStorage, Storage
 class SparseLayer:
     """A sparse layer: the module's storage (which holds the mask) and the engine's per-layer
     state — scheduled density and link target, ITOP's union of masks, CHT's freeze flag, the
-    scores' inputs recorded before an update, and the last update's counts."""
+    scores' inputs recorded before an update, and the last update's counts.
+
+    ``grad_record`` is the dense gradient of the batch before an update as recorded: a tensor
+    (masked path) or its factors (:class:`~brainsparse.scoring.regrowth.GradFactors`, sparse
+    path); :attr:`dense_grad` is it as an ``(out, in)`` tensor."""
 
     name: str
     storage: Storage
@@ -25,11 +30,23 @@ class SparseLayer:
     ever_active: Tensor
     frozen: bool = False
     base_density: float = 0.0  # the layer's density at the end of any density schedule
-    dense_grad: Tensor | None = None
+    grad_record: Tensor | GradFactors | None = None
     activations: tuple[Tensor, Tensor] | None = None  # (inputs, pre-activations) for CTRE
     last_update: dict[str, Any] = field(default_factory=dict)
     hooks: list[Any] = field(default_factory=list, repr=False)  # this layer's hook handles (path-specific)
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)  # the engine's, if any
+
+    @property
+    def dense_grad(self) -> Tensor | None:
+        """The dense ``(out, in)`` gradient recorded before an update (formed from its factors on
+        first read, and kept in that form)."""
+        if isinstance(self.grad_record, GradFactors):
+            self.grad_record = self.grad_record.dense()
+        return self.grad_record
+
+    @dense_grad.setter
+    def dense_grad(self, value: Tensor | None) -> None:
+        self.grad_record = value
 
     @property
     def module(self) -> nn.Module:
@@ -66,6 +83,8 @@ class SparseLayer:
     @property
     def links(self) -> int:
         """The number of links."""
+        if isinstance(self.storage, LinkStorage):
+            return self.storage.module.nnz  # the structure's, without forming the mask
         return count(self.mask)
 
     def dense_weight(self) -> Tensor:

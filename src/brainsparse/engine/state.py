@@ -11,6 +11,7 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from ..errors import BrainsparseError
 from ..percolation import active_hidden_neurons
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
 
 #: version of the engine's state layout: 2 = no masks (they are in the model's state_dict)
 STATE_FORMAT = 2
+
+
+def _fraction(mask: Tensor) -> float:
+    """The fraction of true entries, as ``mask.float().mean()`` gives it (float32), without the
+    float copy of the mask."""
+    return float(torch.tensor(float(count(mask)), dtype=torch.float32).div_(mask.numel()))
 
 
 def report(engine: DynamicSparseEngine) -> dict[str, Any]:
@@ -42,7 +49,7 @@ def report(engine: DynamicSparseEngine) -> dict[str, Any]:
                 "active_in": int(mask.any(dim=0).sum()),
                 "active_out": int(mask.any(dim=1).sum()),
                 "active_neurons": count(hidden[i]),
-                "itop": float(layer.ever_active.float().mean()),
+                "itop": _fraction(layer.ever_active),
                 "overlap": layer.last_update.get("overlap"),
                 "frozen": layer.frozen,
             }

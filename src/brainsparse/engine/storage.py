@@ -22,11 +22,23 @@ from torch import Tensor, nn
 from ..kernels import SparseLinear
 from ..kernels.chain import idle_when
 from ..registry import Regularizer
+from ..scoring.regrowth import GradFactors, factored_gradient
+from ..selection import row_blocks
 
 #: the name of the bool mask buffer on a masked-path ``nn.Linear``
 MASK_BUFFER = "weight_mask"
 
-GradSink = Callable[[Tensor], None]
+GradSink = Callable[[Tensor | GradFactors], None]
+
+
+def mul_by_mask_(t: Tensor, mask: Tensor) -> None:
+    """``t *= mask`` in place; on the CPU a block of rows at a time (a float tensor times a bool
+    mask first converts the whole mask to the float dtype: a weight-sized temporary)."""
+    if t.device.type != "cpu" or t.dim() != 2 or t.shape != mask.shape:
+        t.mul_(mask)
+        return
+    for start, stop in row_blocks(*t.shape):
+        t[start:stop].mul_(mask[start:stop])
 
 
 def swap_param(optimizer: torch.optim.Optimizer | None, old: nn.Parameter, new: nn.Parameter,
@@ -177,13 +189,13 @@ class MaskedStorage:
         """Zero weight, gradient and optimizer state off-mask."""
         mask = self.mask
         w = self.module.weight
-        w.mul_(mask)
+        mul_by_mask_(w, mask)
         if w.grad is not None:
-            w.grad.mul_(mask)
+            mul_by_mask_(w.grad, mask)
         if optimizer is not None:
             for value in optimizer.state.get(w, {}).values():
                 if torch.is_tensor(value) and value.shape == w.shape:
-                    value.mul_(mask)
+                    mul_by_mask_(value, mask)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -226,6 +238,12 @@ class LinkStorage:
             self._mask = structure.to_mask()
             self._mask_of = structure
         return self._mask
+
+    def drop_cached_mask(self) -> None:
+        """Forget the cached bool mask (``out × in`` bytes; made again on the next read). The
+        engine calls this after a topology update: between updates nothing reads it."""
+        self._mask = None
+        self._mask_of = None
 
     @property
     def param(self) -> nn.Parameter:
@@ -280,8 +298,10 @@ class LinkStorage:
         self.module.values.copy_(regularizer.links(self.module.values, s.rows, s.cols, s.shape, step_size))
 
     def attach_grad(self, capture: Callable[[], bool] | None, sink: GradSink) -> list[Any]:
-        """With ``capture``: a forward hook that, while ``capture()`` is true, forms the dense
-        gradient ∂L/∂W = gyᵀ x of the batch and hands it to ``sink``. Returns the handles."""
+        """With ``capture``: a forward hook that, while ``capture()`` is true, hands the dense
+        gradient ∂L/∂W = gyᵀ x of the batch to ``sink`` — as its factors ``gy`` and ``x`` when
+        they are the smaller (:func:`~brainsparse.scoring.regrowth.factored_gradient`). Returns
+        the handles."""
         if capture is None:
             return []
 
@@ -289,7 +309,7 @@ class LinkStorage:
             if not (module.training and output.requires_grad and capture()):
                 return
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
-            output.register_hook(lambda gy: sink(gy.detach().reshape(-1, gy.shape[-1]).T @ x))
+            output.register_hook(lambda gy: sink(factored_gradient(gy.detach(), x)))
 
         # idle on every other batch: a fused chain of sparse layers may run past it then
         idle_when(hook, lambda module: not (module.training and torch.is_grad_enabled() and capture()))

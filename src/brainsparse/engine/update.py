@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .._memory import release_freed_memory
 from .._validation import link_count
 from ..metrics.training import overlap_rate
 from ..neuroprune import head_outputs, redundant_heads, remove_heads
 from ..percolation import active_hidden_neurons, percolate
 from ..registry import Score, ScoreInput
 from ..schedules import drop_fraction, is_epitopological_minimum, linear_temperature
-from ..selection import count, select, select_among, select_index
+from ..selection import count, select, select_among, select_index, select_index_rows
 from .layer import SparseLayer
+from .storage import LinkStorage
 
 if TYPE_CHECKING:
     from .core import DynamicSparseEngine
@@ -188,14 +190,19 @@ def _regrow(engine: DynamicSparseEngine, layer: SparseLayer, m1: Tensor, before:
     percolation removed (no room between active ones)."""
     c = engine.components
     inp = score_input(engine, layer, m1, c.regrowth)
-    scores = c.regrowth.fn(inp)
-    notes.update(inp.notes)
     rows, cols = active
     between_active = rows[:, None] & cols[None, :]
-    grown = select_index(
-        scores, n_grow, ~m1, rule=engine.method.regrowth_rule, temperature=engine.method.regrowth_temperature,
-        generator=engine.generator, fallback=between_active,
-    )
+    blocks = c.regrowth.blocks
+    if blocks is not None and engine.method.regrowth_rule == "topk":
+        # scored a block of rows at a time: the same choice, no (out, in) score array
+        grown = select_index_rows(lambda start, stop: blocks(inp, start, stop), n_grow, ~m1,
+                                  generator=engine.generator, fallback=between_active)
+    else:
+        grown = select_index(
+            c.regrowth.fn(inp), n_grow, ~m1, rule=engine.method.regrowth_rule,
+            temperature=engine.method.regrowth_temperature, generator=engine.generator, fallback=between_active,
+        )
+    notes.update(inp.notes)
     if c.explores:
         grown_mask = torch.zeros_like(m1)
         grown_mask.view(-1)[grown] = True
@@ -216,7 +223,9 @@ def run_update(engine: DynamicSparseEngine) -> dict[str, Any]:
     zeta = drop_fraction(step, t_end, method.drop_fraction, method.drop_schedule)
     temperature = linear_temperature(step, t_end, *method.removal_temperature)
     prune_to, final = engine.density_schedule.step(step)
-    before = {n: layer.mask.clone() for n, layer in engine.layers.items()}
+    # the sparse path's mask is derived from its link structure and replaced, never written, when
+    # the links change: it serves as the "before" copy as it is
+    before = {n: layer.mask if layer.sparse_kernel else layer.mask.clone() for n, layer in engine.layers.items()}
     n_before = {n: count(m) for n, m in before.items()}
 
     kept: dict[str, Tensor] = {}
@@ -271,7 +280,7 @@ def run_update(engine: DynamicSparseEngine) -> dict[str, Any]:
         fresh = None if layer.sparse_kernel else new_mask & ~before[name]  # the sparse path knows its new links
         engine._set_mask(layer, new_mask, fresh)
         layer.ever_active |= new_mask
-        layer.dense_grad = None
+        layer.grad_record = None
         layer.activations = None
         was_frozen = layer.frozen
         if method.early_stop is not None and not layer.frozen and n_grown > 0:
@@ -286,5 +295,9 @@ def run_update(engine: DynamicSparseEngine) -> dict[str, Any]:
         switched = engine.rechoose_kernels()
         if switched:
             record["kernel_switch"] = switched
+    for layer in engine.layers.values():
+        if isinstance(layer.storage, LinkStorage):
+            layer.storage.drop_cached_mask()  # made again at the next update
+    release_freed_memory()  # the update's masks and candidate lists
     record["time_s"] = time.perf_counter() - started
     return record

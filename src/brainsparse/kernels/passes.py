@@ -20,6 +20,7 @@ aliases an input), so the registered operators of :mod:`.ops` and the eager auto
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -102,22 +103,44 @@ def _torch_grad_values(gy: Tensor, x: Tensor, crow: Tensor, cols: Tensor, rows: 
 
 
 # ---------------------------------------------------------------------------- both backends
+#: per thread: the ``xT`` scratch of forward passes whose ``xT`` nothing keeps (inference)
+_scratch = threading.local()
+#: the largest ``xT`` scratch kept between calls (bytes); larger ones are allocated per call
+SCRATCH_MAX_BYTES = 16 << 20
+
+
+def _xt_scratch(numel: int, dtype: torch.dtype) -> Tensor:
+    """A reusable CPU buffer of ``numel`` elements for ``xT`` (kept per thread and dtype)."""
+    kept = getattr(_scratch, "buffers", None)
+    if kept is None:
+        kept = _scratch.buffers = {}
+    buf = kept.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype)
+        if numel * buf.element_size() <= SCRATCH_MAX_BYTES:
+            kept[dtype] = buf
+    return buf[:numel]
+
+
 def forward(x: Tensor, values: Tensor, bias: Tensor | None, crow: Tensor, cols: Tensor, rows: Tensor,
-            backend: str) -> tuple[Tensor, Tensor | None]:
-    """``(y, xT)``: ``y = x Wᵀ + b`` ``(N, out)``; ``xT`` ``(in, N)`` on ``"cpp"``, else ``None``."""
+            backend: str, keep_xt: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``(y, xT)``: ``y = x Wᵀ + b`` ``(N, out)``; ``xT`` ``(in, N)`` on ``"cpp"``, else ``None``.
+
+    ``keep_xt=False`` (no backward pass will read ``xT``): the ``"cpp"`` kernel transposes into a
+    per-thread scratch buffer instead of a new tensor, and ``xT`` comes back as ``None``."""
     if backend != "cpp":
         return _torch_forward(x, values, bias, crow, cols, rows), None
     n, in_f, out_f = x.shape[0], x.shape[1], crow.numel() - 1
     x = x.contiguous()
     values = values.contiguous()
     b = bias.contiguous() if bias is not None else None  # keep alive during the call
-    xt = x.new_empty((in_f, n))
+    xt = x.new_empty((in_f, n)) if keep_xt else _xt_scratch(in_f * n, x.dtype)
     y = x.new_empty((n, out_f))
     _kernels().forward[x.dtype](
         n, in_f, out_f, x.data_ptr(), crow.data_ptr(), cols.data_ptr(), values.data_ptr(),
         None if b is None else b.data_ptr(), xt.data_ptr(), y.data_ptr(),
     )
-    return y, xt
+    return y, xt if keep_xt else None
 
 
 def _cpp_backward(gy: Tensor, xt: Tensor | None, values: Tensor, crow: Tensor, cols: Tensor, t_perm: Tensor,

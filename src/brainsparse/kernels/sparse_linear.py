@@ -36,9 +36,9 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, index: tuple[Tensor, ...],
-                backend: str) -> Tensor:
+                backend: str, keep_xt: bool = True) -> Tensor:
         crow, cols, rows = index[:3]
-        y, xt = passes.forward(x, values, bias, crow, cols, rows, backend)
+        y, xt = passes.forward(x, values, bias, crow, cols, rows, backend, keep_xt=keep_xt)
         ctx.index = index
         ctx.backend = backend
         ctx.has_bias = bias is not None
@@ -53,7 +53,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         need_x, need_v, need_b = ctx.needs_input_grad[:3]
         gx, gv, gb = passes.backward(gy, saved, values, crow, cols, rows, t_perm, t_rows, ccol,
                                      need_x, need_v, need_b and ctx.has_bias, ctx.backend)
-        return gx, gv, gb, None, None
+        return gx, gv, gb, None, None, None
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -75,7 +75,9 @@ def _apply(x2: Tensor, values: Tensor, bias: Tensor | None, index: tuple[Tensor,
     if use_ops:
         crow, cols, rows, t_perm, t_rows, ccol = index
         return ops.sparse_linear_forward(x2, values, bias, crow, cols, rows, t_perm, t_rows, ccol, impl)[0]
-    return _SparseLinearFunction.apply(x2, values, bias, index, impl)
+    # xT is read only by a backward pass: without one (inference) the kernel uses a scratch
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x2, values, bias))
+    return _SparseLinearFunction.apply(x2, values, bias, index, impl, grads)
 
 
 def sparse_linear_indices(

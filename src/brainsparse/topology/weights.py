@@ -26,11 +26,19 @@ def _check_pair(weight: object, mask: object) -> None:
 
 
 def _fill_masked_normal(weight: Tensor, mask: Tensor, std: float, generator: torch.Generator) -> None:
-    """Overwrite ``weight`` in place with N(0, std²) samples on ``mask`` and zeros elsewhere."""
-    sample = torch.randn(tuple(weight.shape), generator=generator, device=generator.device, dtype=torch.float32)
-    sample = sample.to(device=weight.device, dtype=weight.dtype) * std
+    """Overwrite ``weight`` in place with N(0, std²) samples on ``mask`` and zeros elsewhere.
+
+    The samples are those of ``torch.randn(weight.shape)`` (every entry drawn, in row-major
+    order, so the generator advances the same whatever the mask); a contiguous float32 weight
+    on the generator's device takes them in place, without a dense temporary."""
     with torch.no_grad():
-        weight.copy_(sample.masked_fill_(~mask.to(weight.device), 0.0))
+        if weight.dtype == torch.float32 and weight.is_contiguous() and weight.device == generator.device:
+            weight.normal_(generator=generator).mul_(std)  # the same numbers as randn(...) * std
+        else:
+            sample = torch.randn(tuple(weight.shape), generator=generator, device=generator.device, dtype=torch.float32)
+            weight.copy_(sample.to(device=weight.device, dtype=weight.dtype) * std)
+            del sample
+        weight.masked_fill_(~mask.to(weight.device), 0.0)
 
 
 def sparse_weight_init(

@@ -216,7 +216,7 @@ def train_classifier(
     device = resolve_device(config.device)
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
     steps_per_epoch = math.ceil(train_x.shape[0] / config.batch_size)
-    init_data = train_x[: config.csti_samples]
+    init_data = train_x.rows(slice(None, config.csti_samples))  # CSTI reads it a block of rows at a time
     run = _Run(config, train_x.shape[1], n_classes, steps_per_epoch, init_data)
 
     history: list[dict[str, Any]] = []
