@@ -9,8 +9,8 @@ the layers' index pointers cached: the same kernels in the same order as the per
 outputs and gradients are equal bit for bit (tested).
 
 :func:`sequential_forward` takes the fast path only where it changes nothing a user can see: CPU
-tensors on the ``"cpp"`` backend, float32/float64, no autocast, not under ``torch.compile``, and
-no forward hooks on the modules involved (the engine's gradient and activation recorders, user
+tensors on the ``"cpp"`` backend, float32/float64, autograd on, no autocast, not under
+``torch.compile``, and no forward hooks on the modules involved (the engine's gradient and activation recorders, user
 hooks); everything else runs module by module as before.
 """
 
@@ -205,8 +205,10 @@ def _plan(modules: list[nn.Module], x: Tensor) -> list[tuple[int, int, list[bool
 def sequential_forward(seq: nn.Sequential, x: Tensor) -> Tensor:
     """``seq(x)``, running each run of ``SparseLinear`` (+ ``ReLU``) as one fused node where
     :func:`chain_eligible`; the result and its gradients equal the module-by-module call."""
-    if (x.dim() != 2 or x.device.type != "cpu" or torch.compiler.is_compiling() or _global_hooks()
-            or torch.is_autocast_enabled("cpu")):
+    # without autograd (evaluation) the layers run one by one: their forward passes reuse one
+    # scratch buffer, where a chain would keep every layer's activations for a backward pass
+    if (not torch.is_grad_enabled() or x.dim() != 2 or x.device.type != "cpu" or torch.compiler.is_compiling()
+            or _global_hooks() or torch.is_autocast_enabled("cpu")):
         return seq(x)
     modules = list(seq._modules.values())
     runs = _plan(modules, x)
