@@ -41,7 +41,7 @@ from torch.nn import functional as F
 SHAPES: tuple[tuple[int, int], ...] = ((128, 128), (384, 128), (256, 256), (512, 256), (512, 512), (1376, 512),
                                        (1568, 784), (1568, 1568), (4096, 4096))
 ROWS: tuple[int, ...] = (32, 128, 512, 2048)
-DENSITIES: tuple[float, ...] = (0.005, 0.02, 0.05, 0.1, 0.2, 0.35)
+DENSITIES: tuple[float, ...] = (0.005, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
 
 
 def _layer_steps(out_f: int, in_f: int, rows: int, densities: Sequence[float], seed: int = 0) -> dict[str, Callable[[], None]]:
