@@ -139,7 +139,8 @@ def _restore_full_into_sharded(state: dict[str, Any], engine: ShardedSparseEngin
     kernels = state["engine"].get("kernels", {})
     if any(k == "sparse" for k in kernels.values()):
         raise BrainsparseError("the checkpoint has layers on the sparse kernel path, which FSDP does not support; "
-                               "resume it without --parallel fsdp")
+                               "resume it without --parallel fsdp (a run meant to move to FSDP later: train it "
+                               "with --kernel dense)")
     engine.load_state_dict(state["engine"])
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state["model"], options=options)
