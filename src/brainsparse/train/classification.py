@@ -27,7 +27,8 @@ from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
 from .common import (
-    ConfigDict, RunFolder, check_init_params, method_option_overrides, open_run, resolve_device,
+    ConfigDict, RunFolder, check_init_params, fused_optimizer_options, method_option_overrides, open_run,
+    resolve_device,
     restore_training_state, topology_record, train_time_s,
 )
 
@@ -154,10 +155,10 @@ class _Run:
     def __init__(self, config: TrainConfig, in_features: int, n_classes: int, steps_per_epoch: int, init_data: Tensor):
         torch.manual_seed(config.seed)
         self.model = MLP([in_features, *config.hidden, n_classes]).to(init_data.device)
-        # fused: one kernel per parameter instead of one per operation (same numbers as the loop)
+        # fused where this torch has it: one kernel per parameter instead of one per operation
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-            fused=init_data.device.type in ("cpu", "cuda"),
+            **fused_optimizer_options(init_data.device, torch.optim.SGD),
         )
         # lr: linear decay 0.025 → 2.5e-4 reached at 90 % of training, stepped every batch
         decay_steps = max(1, int(0.9 * config.epochs * steps_per_epoch))

@@ -27,25 +27,26 @@ def train_time_s(history: list[dict[str, Any]], key: str) -> float | None:
     return float(sum(r[key] for r in history))
 
 
-def fused_optimizer_options(device: torch.device | str) -> dict[str, Any]:
-    """``{"fused": True}`` where this torch has a fused Adam/AdamW kernel for ``device`` (CPU from
-    torch 2.4; one kernel for all parameters: on the ``small`` translation preset's masked path
-    58 ms → 10 ms per step, sparse path 21 ms → 6 ms, 1 thread), else ``{}`` (the default loop).
-    The update is Adam's formula, computed in another order (last-bit differences)."""
+def fused_optimizer_options(device: torch.device | str, optimizer: type = torch.optim.Adam) -> dict[str, Any]:
+    """``{"fused": True}`` where this torch has a fused kernel of ``optimizer`` (Adam, AdamW,
+    SGD) for ``device`` (CPU from torch 2.4; one kernel for all parameters: on the ``small``
+    translation preset's masked path Adam took 58 ms → 10 ms per step, sparse path 21 ms → 6 ms,
+    1 thread), else ``{}`` (the default loop). Adam's update is its formula computed in another
+    order (last-bit differences); SGD's gave the loop's numbers exactly where checked."""
     dev = torch.device(device)
-    key = dev.type
+    key = (optimizer.__name__, dev.type)
     if key not in _FUSED_OK:
         try:
             probe = torch.zeros(1, device=dev, requires_grad=True)
             probe.grad = torch.zeros_like(probe)
-            torch.optim.Adam([probe], fused=True).step()
+            optimizer([probe], lr=0.1, fused=True).step()
             _FUSED_OK[key] = True
         except (RuntimeError, TypeError, ValueError):
             _FUSED_OK[key] = False
     return {"fused": True} if _FUSED_OK[key] else {}
 
 
-_FUSED_OK: dict[str, bool] = {}
+_FUSED_OK: dict[tuple[str, str], bool] = {}
 
 
 def topology_record(engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
