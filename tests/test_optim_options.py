@@ -1,11 +1,12 @@
-"""The trainers' fused optimizers: available where torch has them, and SGD's numbers unchanged."""
+"""The trainers' fused optimizers: available where torch has them, SGD's steps equal to the loop's
+up to the last bits (the fused kernel uses FMA in its vector body)."""
 
 import torch
 
 from brainsparse.train.common import fused_optimizer_options
 
 
-def test_fused_sgd_takes_the_loops_steps():
+def test_fused_sgd_takes_the_loops_steps_up_to_rounding():
     options = fused_optimizer_options("cpu", torch.optim.SGD)
     assert options in ({}, {"fused": True})
     gen = torch.Generator().manual_seed(0)
@@ -21,5 +22,6 @@ def test_fused_sgd_takes_the_loops_steps():
         opt_loop.step()
         opt_fused.step()
     for a, b in zip(loop, fused):
-        assert torch.equal(a, b)
-        assert torch.equal(opt_loop.state[a]["momentum_buffer"], opt_fused.state[b]["momentum_buffer"])
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(opt_loop.state[a]["momentum_buffer"], opt_fused.state[b]["momentum_buffer"],
+                                   rtol=1e-6, atol=1e-7)

@@ -32,7 +32,7 @@ def fused_optimizer_options(device: torch.device | str, optimizer: type = torch.
     SGD) for ``device`` (CPU from torch 2.4; one kernel for all parameters: on the ``small``
     translation preset's masked path Adam took 58 ms → 10 ms per step, sparse path 21 ms → 6 ms,
     1 thread), else ``{}`` (the default loop). Adam's update is its formula computed in another
-    order (last-bit differences); SGD's gave the loop's numbers exactly where checked."""
+    order (last-bit differences), and so is SGD's."""
     dev = torch.device(device)
     key = (optimizer.__name__, dev.type)
     if key not in _FUSED_OK:
