@@ -4,14 +4,16 @@ At the papers' MLP sizes (1568 neurons at 1 % density, batch 32) one sparse prod
 of microseconds, and the Python around it — a module call, argument checks, an autograd node
 per layer and per ReLU, tensor-to-pointer conversions — cost as much again. A run of
 ``SparseLinear`` (+ ``ReLU``) modules inside an ``nn.Sequential`` therefore runs as one
-:class:`torch.autograd.Function` that calls the compiled kernel once per layer and pass, with
-the layers' index pointers cached: the same kernels in the same order as the per-layer path, so
-outputs and gradients are equal bit for bit (tested).
+:class:`torch.autograd.Function` whose forward and backward are one call each into the compiled
+kernel (``bs_chain_forward_*`` / ``bs_chain_backward_*``): activations stay in the kernels' panel
+layout between the layers and the ReLU happens inside. Every element is summed as in the
+single-layer passes, so outputs and gradients equal the layer-by-layer path bit for bit (tested).
 
 :func:`sequential_forward` takes the fast path only where it changes nothing a user can see: CPU
 tensors on the ``"cpp"`` backend, float32/float64, autograd on, no autocast, not under
-``torch.compile``, and no forward hooks on the modules involved (the engine's gradient and activation recorders, user
-hooks); everything else runs module by module as before.
+``torch.compile``, and no active forward hooks on the modules involved (user hooks; the engine's
+gradient and activation recorders count only on the batch before an update, see
+:func:`idle_when`); everything else runs module by module as before.
 """
 
 from __future__ import annotations
