@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainsparse.kernels import LinkStructure, _cpu_ext, available, ops, sparse_linear
+from test_ops import _layer as op_layer
+
+from brainsparse.kernels import _cpu_ext, available, ops, sparse_linear
 
 pytestmark = pytest.mark.skipif(not available(), reason="C++ kernel unavailable here")
 
@@ -17,13 +19,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def _layer(out_f: int, in_f: int, density: float, batch: int, dtype: torch.dtype, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    s = LinkStructure.from_mask(torch.rand(out_f, in_f, generator=gen) < density)
-    x = torch.randn(batch, in_f, generator=gen, dtype=dtype)
-    v = torch.randn(s.nnz, generator=gen, dtype=dtype)
-    b = torch.randn(out_f, generator=gen, dtype=dtype)
-    gy = torch.randn(batch, out_f, generator=gen, dtype=dtype)
-    return s, x, v, b, gy
+    return op_layer(out_f, in_f, density, batch, dtype, seed, grad_y=True)
 
 
 def _run(s, x, v, b, gy, use_ops=False, need=(True, True, True)):

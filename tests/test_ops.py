@@ -30,12 +30,16 @@ OPCHECK_CASES = [(SHAPES[0], torch.float32), (SHAPES[0], torch.float64), (SHAPES
                  (SHAPES[2], torch.float32), (SHAPES[3], torch.float64), (SHAPES[4], torch.float32)]
 
 
-def _layer(out_f: int, in_f: int, density: float, batch: int, dtype: torch.dtype, seed: int = 0):
+def _layer(out_f: int, in_f: int, density: float, batch: int, dtype: torch.dtype, seed: int = 0,
+           grad_y: bool = False):
+    """A random layer (structure, input, values, bias) and, with ``grad_y``, an output gradient."""
     gen = torch.Generator().manual_seed(seed)
     s = LinkStructure.from_mask(torch.rand(out_f, in_f, generator=gen) < density)
     x = torch.randn(batch, in_f, generator=gen, dtype=dtype)
     v = torch.randn(s.nnz, generator=gen, dtype=dtype)
     b = torch.randn(out_f, generator=gen, dtype=dtype)
+    if grad_y:
+        return s, x, v, b, torch.randn(batch, out_f, generator=gen, dtype=dtype)
     return s, x, v, b
 
 

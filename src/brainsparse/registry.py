@@ -30,7 +30,7 @@ from .schedules import ConstantDensity, DensitySchedule, EMSDensity, GradualDens
 from .selection import row_col_counts
 from .scoring import ch_l3, l3_path_count
 from .scoring.regrowth import (
-    GradFactors, cosine_similarity_scores, gradient_magnitude, random_score_rows, random_scores,
+    GradFactors, cosine_similarity_scores, dense_gradient, gradient_magnitude, random_score_rows, random_scores,
 )
 from .scoring.removal import mest, relative_importance, weight_magnitude
 
@@ -78,8 +78,7 @@ class ScoreInput:
     @property
     def grad(self) -> Tensor | None:
         """The dense ``(out, in)`` gradient of the batch before the update (formed on first use)."""
-        if isinstance(self._grad_record, GradFactors):
-            self._grad_record = self._grad_record.dense()
+        self._grad_record = dense_gradient(self._grad_record)
         return self._grad_record
 
     @grad.setter

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..scoring.regrowth import GradFactors
+from ..scoring.regrowth import GradFactors, dense_gradient
 from ..selection import count
 from .storage import LinkStorage, MaskedStorage, Storage
 
@@ -40,8 +40,7 @@ class SparseLayer:
     def dense_grad(self) -> Tensor | None:
         """The dense ``(out, in)`` gradient recorded before an update (formed from its factors on
         first read, and kept in that form)."""
-        if isinstance(self.grad_record, GradFactors):
-            self.grad_record = self.grad_record.dense()
+        self.grad_record = dense_gradient(self.grad_record)
         return self.grad_record
 
     @dense_grad.setter

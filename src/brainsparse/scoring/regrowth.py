@@ -78,8 +78,8 @@ def add_gradients(total: Tensor | GradFactors | None, grad: Tensor | GradFactors
     return dense_gradient(total) + dense_gradient(grad)
 
 
-def dense_gradient(grad: Tensor | GradFactors) -> Tensor:
-    """The ``(out, in)`` tensor of a gradient recorded in either form."""
+def dense_gradient(grad: Tensor | GradFactors | None) -> Tensor | None:
+    """The ``(out, in)`` tensor of a gradient recorded in either form (``None`` stays ``None``)."""
     return grad.dense() if isinstance(grad, GradFactors) else grad
 
 

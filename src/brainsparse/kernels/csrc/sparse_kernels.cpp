@@ -334,6 +334,25 @@ template <typename T> inline void add_sums4(const typename Vec<T>::type* d, i64 
 }
 #endif
 
+// out[j] = (first ? 0 : out[j]) + the lane sum of link(j), j in [j0, j1): the links in order, four
+// at a time (the last group padded with zeros)
+template <typename T, typename F>
+inline void link_sums(i64 j0, i64 j1, bool first, T* out, F&& link) {
+  typedef typename Vec<T>::type V;
+  i64 j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    V d[4];
+    for (int t = 0; t < 4; ++t) d[t] = link(j + t);
+    add_sums4(d, 4, first, out + j);
+  }
+  if (j < j1) {
+    const i64 n = j1 - j;
+    V d[4] = {};
+    for (i64 t = 0; t < n; ++t) d[t] = link(j + t);
+    add_sums4(d, n, first, out + j);
+  }
+}
+
 // gv[k] = (first ? 0 : gv[k]) + <g, src row cols[k]> for the links [k0, k1) of one output, whose
 // panel row g is held in registers; four links at a time.
 template <typename T, bool PF>
@@ -347,16 +366,7 @@ inline void dots_full(const T* __restrict g, const i64* __restrict cols, i64 k0,
       for (i64 q = 0; q < P; q += 64 / sizeof(T)) __builtin_prefetch(src + cols[k + PF_DIST] * P + q);
     return dot_row<T>(gr, src + cols[k] * P);
   };
-  i64 k = k0;
-  for (; k + 4 <= k1; k += 4) {
-    const V d[4] = {dot(k), dot(k + 1), dot(k + 2), dot(k + 3)};
-    add_sums4(d, 4, first, gv + k);
-  }
-  if (k < k1) {
-    const i64 n = k1 - k;
-    const V d[4] = {dot(k), n > 1 ? dot(k + 1) : V{}, n > 2 ? dot(k + 2) : V{}, V{}};
-    add_sums4(d, n, first, gv + k);
-  }
+  link_sums<T>(k0, k1, first, gv, dot);
 }
 
 // One panel of the link gradients in CSR order, outputs [r0, r1): gv[k] (+)= <gyP row r, xP row
@@ -418,19 +428,7 @@ void grads_cols(i64 n_in, const i64* ccol, const i64* t_rows, const T* vt, const
         a3 += u * load<T>(g + 3 * L);
         return dot_row<T>(x, g);
       };
-      i64 j = ccol[c];
-      const i64 j1 = ccol[c + 1];
-      for (; j + 4 <= j1; j += 4) {
-        V d[4];  // in link order: the input gradient's chain runs through them in turn
-        for (int t = 0; t < 4; ++t) d[t] = link(j + t);
-        add_sums4(d, 4, first, gvt + j);
-      }
-      if (j < j1) {
-        const i64 n = j1 - j;
-        V d[4] = {};
-        for (i64 t = 0; t < n; ++t) d[t] = link(j + t);
-        add_sums4(d, n, first, gvt + j);
-      }
+      link_sums<T>(ccol[c], ccol[c + 1], first, gvt, link);  // in link order: the input gradient's chain too
       store<T>(o, a0);
       store<T>(o + L, a1);
       store<T>(o + 2 * L, a2);
@@ -475,19 +473,7 @@ void grads_rows(i64 n_out, i64 n_in, const i64* crow, const i64* cols, const T* 
       store<T>(o + 3 * L, load<T>(o + 3 * L) + u * gr[3]);
       return dot_row<T>(gr, xP + cols[k] * P);
     };
-    i64 k = crow[r];
-    const i64 k1 = crow[r + 1];
-    for (; k + 4 <= k1; k += 4) {
-      V d[4];
-      for (int t = 0; t < 4; ++t) d[t] = link(k + t);
-      add_sums4(d, 4, true, gv + k);
-    }
-    if (k < k1) {
-      const i64 n = k1 - k;
-      V d[4] = {};
-      for (i64 t = 0; t < n; ++t) d[t] = link(k + t);
-      add_sums4(d, n, true, gv + k);
-    }
+    link_sums<T>(crow[r], crow[r + 1], true, gv, link);
   }
 }
 
