@@ -27,7 +27,7 @@ from ..models import MLP
 from ..report import plot_training_curves
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
 from .common import (
-    ConfigDict, RunFolder, check_init_params, fused_optimizer_options, method_option_overrides, open_run,
+    ConfigDict, RunFolder, check_init_params, clear_grads, fused_optimizer_options, method_option_overrides, open_run,
     resolve_device,
     restore_training_state, topology_record, train_time_s,
 )
@@ -264,8 +264,8 @@ def _train_epochs(config, folder, run, train_x, train_y, test_x, test_y, steps_p
         )
         for b in bar:
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = train_x[idx], train_y[idx]
-            run.optimizer.zero_grad(set_to_none=True)
+            x, y = train_x.batch(idx), train_y.index_select(0, idx)
+            clear_grads(run.optimizer)
             logits = run.model(x)
             loss = nn.functional.cross_entropy(logits, y)
             loss.backward()

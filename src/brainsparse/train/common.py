@@ -49,6 +49,14 @@ def fused_optimizer_options(device: torch.device | str, optimizer: type = torch.
 _FUSED_OK: dict[tuple[str, str], bool] = {}
 
 
+def clear_grads(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` without its per-call profiler scope: at the
+    paper MLP's 1.2 ms steps that scope and the wrapper cost about 3 % of a step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
 def topology_record(engine: DynamicSparseEngine, updates_before: int, **values: Any) -> dict[str, Any]:
     """One metrics.jsonl row: ``values`` plus the sparse network's state and the topology updates
     made since ``engine.history[updates_before]`` (their count, time and last overlap)."""
