@@ -225,3 +225,26 @@ def test_fused_arguments_follow_replaced_index_buffers_and_models_are_freed():
     del model, first, runs
     gc.collect()
     assert len(chain._RUNS) < before
+
+
+def test_evaluation_batches_fuse_and_equal_the_training_forward(monkeypatch):
+    """Without autograd a run fuses while its activations fit NO_GRAD_ACTIVATIONS (the same
+    numbers as with autograd); beyond, the modules run one by one."""
+    from brainsparse.kernels import chain
+
+    model = _sparse_mlp([50, 70, 60, 40, 5], 0.1)
+    x = torch.randn(300, 50)
+    trained = model(x).detach()
+    with torch.no_grad():
+        assert torch.equal(model(x), trained)
+    with torch.inference_mode():
+        assert torch.equal(model(x), trained)
+    calls = []
+    original = chain.sparse_relu_chain
+    monkeypatch.setattr(chain, "sparse_relu_chain", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(chain, "NO_GRAD_ACTIVATIONS", 300 * (50 + 70 + 60 + 40 + 5) * 4 - 1)
+    with torch.no_grad():
+        out = model(x)
+    assert calls == [] and torch.equal(out, model.layers(x).detach())
+    model(x)  # with autograd the budget does not apply
+    assert calls == [1]

@@ -144,10 +144,19 @@ def select_index(
 
     # only candidates with a finite positive score compete; NaN and ±inf count as zero
     if rule == "soft" and not math.isinf(temperature):
-        step = ROW_BLOCK_ENTRIES
-        n_pos = sum(count(_finite_positive(flat_scores, cand, a, a + step)) for a in range(0, cand.numel(), step))
-        if n_pos > k:
-            return _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
+        if generator is not None:
+            # one pass: sample while counting; with k or fewer finite positive scores the draws
+            # are undone, so the generator goes on exactly as if they had been counted first
+            state = generator.get_state()
+            picked = _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
+            if picked is not None:
+                return picked
+            generator.set_state(state)
+        else:
+            step = ROW_BLOCK_ENTRIES
+            n_pos = sum(count(_finite_positive(flat_scores, cand, a, a + step)) for a in range(0, cand.numel(), step))
+            if n_pos > k:
+                return _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
         pos_index = _finite_positive(flat_scores, cand, 0, cand.numel()).nonzero().squeeze(1)
         return _with_zero_scores(pos_index, k, cand, fallback, generator)
     positive = cand & (flat_scores > 0)
@@ -165,14 +174,16 @@ def _finite_positive(flat_scores: Tensor, cand: Tensor, start: int, stop: int) -
 
 
 def _soft_pick_blocks(flat_scores: Tensor, cand: Tensor, k: int, temperature: float,
-                      generator: torch.Generator | None, entries: int | None = None) -> Tensor:
+                      generator: torch.Generator | None, entries: int | None = None) -> Tensor | None:
     """:func:`_pick_positive` with the soft rule over the candidates ``cand`` with a finite
     positive score, taken a block of entries at a time in row-major order: each block's Gumbel
     noise is the next stretch of the one draw for all of them, and only keys that can still be
     among the ``k`` largest are kept between blocks — the same sample, in the same order (unless
     two float64 keys tie exactly at the k-th place), without arrays of the candidates' size (their
-    indices, float64 scores, noise and keys)."""
+    indices, float64 scores, noise and keys). ``None`` when at most ``k`` candidates have a
+    finite positive score (then there is nothing to sample)."""
     step = entries or ROW_BLOCK_ENTRIES
+    n_pos = 0
     keys = torch.zeros(0, dtype=torch.float64, device=flat_scores.device)
     index = torch.zeros(0, dtype=torch.int64, device=flat_scores.device)
     bar: Tensor | None = None  # the k-th largest key so far
@@ -180,6 +191,7 @@ def _soft_pick_blocks(flat_scores: Tensor, cand: Tensor, k: int, temperature: fl
         here = _finite_positive(flat_scores, cand, start, start + step).nonzero().squeeze(1)
         if here.numel() == 0:
             continue
+        n_pos += here.numel()
         here += start
         log_w = flat_scores[here].double().log_()
         if temperature != 1:
@@ -193,6 +205,8 @@ def _soft_pick_blocks(flat_scores: Tensor, cand: Tensor, k: int, temperature: fl
             bar = torch.topk(keys, k, sorted=False).values.min()
             stays = keys >= bar
             keys, index = keys[stays], index[stays]
+    if n_pos <= k:
+        return None
     return index[torch.topk(keys, k).indices]
 
 

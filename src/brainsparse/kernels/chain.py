@@ -21,7 +21,8 @@ The fixed part of a run's kernel arguments (sizes, index-buffer addresses) is bu
 reused until a topology update replaces the layers' index buffers.
 
 :func:`sequential_forward` takes the fast path only where it changes nothing a user can see: CPU
-tensors on the ``"cpp"`` backend, float32/float64, autograd on, no autocast, not under
+tensors on the ``"cpp"`` backend, float32/float64, autograd on (or off, when the run's
+activations fit in ``NO_GRAD_ACTIVATIONS``: evaluation batches), no autocast, not under
 ``torch.compile``, and no active forward hooks on the modules involved (user hooks; the engine's
 gradient and activation recorders count only on the batch before an update, see
 :func:`idle_when`); everything else runs module by module as before.
@@ -234,6 +235,11 @@ class _SparseReluChain(torch.autograd.Function):
         return gx, None, None, *grads
 
 
+#: the most activation bytes a fused run holds during a call without autograd (the paper MLP at
+#: evaluation batch 1000: 22 MB); beyond, the modules run one by one
+NO_GRAD_ACTIVATIONS = 32 << 20
+
+
 def _dtype(layer: nn.Module) -> torch.dtype:
     return (layer._parameters["weight"] if type(layer) is nn.Linear else layer._parameters["values"]).dtype
 
@@ -339,11 +345,10 @@ def sequential_forward(seq: nn.Sequential, x: Tensor) -> Tensor:
     """``seq(x)``, running each run of ``SparseLinear`` (+ ``ReLU``), closed by a small dense
     ``nn.Linear`` where one follows, as one fused node where :func:`chain_eligible`; the result and
     its gradients equal the module-by-module call (a dense tail: up to the last bits)."""
-    # without autograd (evaluation) the layers run one by one: their forward passes reuse one
-    # scratch buffer, where a chain would keep every layer's activations for a backward pass
-    if (not torch.is_grad_enabled() or x.dim() != 2 or x.device.type != "cpu" or torch.compiler.is_compiling()
+    if (x.dim() != 2 or x.device.type != "cpu" or torch.compiler.is_compiling()
             or _global_hooks() or torch.is_autocast_enabled("cpu")):
         return seq(x)
+    grad = torch.is_grad_enabled()
     modules = list(seq._modules.values())
     runs = _plan(modules, x)
     if not runs:
@@ -353,7 +358,11 @@ def sequential_forward(seq: nn.Sequential, x: Tensor) -> Tensor:
         for module in modules[i:start]:
             x = module(x)
         layers = [modules[k] for k in range(start, stop) if type(modules[k]) is not nn.ReLU]
-        if x.dim() == 2 and x.shape[1] == layers[0].in_features and x.dtype == _dtype(layers[0]):
+        # without autograd (evaluation) a chain holds every layer's activations only for the call:
+        # fused up to NO_GRAD_ACTIVATIONS bytes, module by module (one scratch buffer) beyond
+        fits = grad or x.shape[0] * (x.shape[1] + sum(m.out_features for m in layers)) * x.element_size() \
+            <= NO_GRAD_ACTIVATIONS
+        if fits and x.dim() == 2 and x.shape[1] == layers[0].in_features and x.dtype == _dtype(layers[0]):
             x = sparse_relu_chain(x, layers, relu)
         else:  # the modules raise the error (or handle the input) as they would unfused
             for module in modules[start:stop]:
