@@ -231,6 +231,24 @@ def test_feature_correlation_in_blocks_and_from_pixels():
     assert blocks[3].abs().sum() == 0
 
 
+def test_pixel_batches_by_index_select_equal_indexing():
+    images = PixelImages(torch.randint(0, 256, (50, 9), dtype=torch.uint8, generator=gen(4)), 1 / 77.0, 0.3)
+    idx = torch.randperm(50, generator=gen(5))[:17]
+    assert torch.equal(images.batch(idx), images[idx])
+    assert images.batch(idx).dtype == torch.float32
+
+
+def test_clear_grads_drops_every_gradient():
+    from brainsparse.train.common import clear_grads
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    clear_grads(opt)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def _csti_reference(out_f, in_f, density, correlation, generator):
     c = torch.nan_to_num(correlation.double(), nan=0.0).abs()
     score = c[(torch.arange(out_f) % c.shape[0])[:, None], (torch.arange(in_f) % c.shape[1])[None, :]].flatten()
