@@ -196,3 +196,22 @@ def test_ranked_equals_a_full_stable_sort_of_the_permuted_candidates():
             assert torch.equal(_ranked(index, keys, k, gens[0]), reference(index, keys, k, gens[1])), trial
             if seeded:
                 assert torch.equal(gens[0].get_state(), gens[1].get_state())
+
+
+@pytest.mark.parametrize("own_generator", [True, False])
+def test_soft_selection_with_few_positive_scores_draws_as_top_k(own_generator):
+    """With k or more wanted than positive scores the soft rule takes them all and fills at random,
+    drawing exactly what the top-k rule draws: the one-pass sampler's draws are undone."""
+    from brainsparse.selection import select_index
+
+    scores = torch.zeros(6, 7)
+    scores[1, 2], scores[4, 5] = 0.5, 2.0
+    cand = torch.ones(6, 7, dtype=torch.bool)
+    results, states = [], []
+    for rule in ("soft", "topk"):
+        torch.manual_seed(11)
+        g = torch.Generator().manual_seed(5) if own_generator else None
+        results.append(select_index(scores, 5, cand, rule=rule, generator=g))
+        states.append((g if own_generator else torch.default_generator).get_state())
+    assert torch.equal(results[0].sort().values, results[1].sort().values)
+    assert torch.equal(states[0], states[1])

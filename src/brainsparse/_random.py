@@ -15,6 +15,16 @@ def _draw_device(generator: torch.Generator | None, device: torch.device) -> tor
     return generator.device if generator is not None else device
 
 
+def drawing_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The generator whose numbers a draw for ``device`` takes: ``generator``, or the default
+    generator of ``device`` (to save and restore its state)."""
+    if generator is not None:
+        return generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
 def rand(shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | None, device: torch.device,
          dtype: torch.dtype = torch.float32) -> Tensor:
     """Uniform [0, 1) draws of ``shape`` on ``device``."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._random import rand, randperm
+from ._random import drawing_generator, rand, randperm
 from ._validation import check_choice
 from .errors import BrainsparseError
 
@@ -144,19 +144,14 @@ def select_index(
 
     # only candidates with a finite positive score compete; NaN and ±inf count as zero
     if rule == "soft" and not math.isinf(temperature):
-        if generator is not None:
-            # one pass: sample while counting; with k or fewer finite positive scores the draws
-            # are undone, so the generator goes on exactly as if they had been counted first
-            state = generator.get_state()
-            picked = _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
-            if picked is not None:
-                return picked
-            generator.set_state(state)
-        else:
-            step = ROW_BLOCK_ENTRIES
-            n_pos = sum(count(_finite_positive(flat_scores, cand, a, a + step)) for a in range(0, cand.numel(), step))
-            if n_pos > k:
-                return _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
+        # one pass: sample while counting; with k or fewer finite positive scores the draws are
+        # undone, so the generator goes on exactly as if they had been counted first
+        drawing = drawing_generator(generator, flat_scores.device)
+        state = drawing.get_state()
+        picked = _soft_pick_blocks(flat_scores, cand, k, temperature, generator)
+        if picked is not None:
+            return picked
+        drawing.set_state(state)
         pos_index = _finite_positive(flat_scores, cand, 0, cand.numel()).nonzero().squeeze(1)
         return _with_zero_scores(pos_index, k, cand, fallback, generator)
     positive = cand & (flat_scores > 0)

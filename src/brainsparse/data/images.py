@@ -44,13 +44,16 @@ class PixelImages:
         return self.pixels.shape[0]
 
     def __getitem__(self, index: Any) -> Tensor:
-        # x = p / (255 σ) − μ / σ, in place on the batch's copy
-        return self.pixels[index].to(torch.float32).mul_(self.scale).sub_(self.shift)
+        return self._normalised(self.pixels[index])
 
     def batch(self, index: Tensor) -> Tensor:
         """``self[index]`` for a 1-D tensor of row numbers in ``[0, len)`` (no negative ones), by
         ``index_select``: a quarter of the advanced-indexing gather's time at batch 32."""
-        return self.pixels.index_select(0, index).to(torch.float32).mul_(self.scale).sub_(self.shift)
+        return self._normalised(self.pixels.index_select(0, index))
+
+    def _normalised(self, rows: Tensor) -> Tensor:
+        # x = p / (255 σ) − μ / σ, in place on the batch's copy
+        return rows.to(torch.float32).mul_(self.scale).sub_(self.shift)
 
     def rows(self, index: Any) -> PixelImages:
         """A subset of the rows, still as uint8 pixels."""

@@ -88,7 +88,7 @@ class _FusedRun:
         self.bwd = _Table([self.dims, *([p[j] for p in ptrs] for j in range(5))],
                           [n_layers, n_layers + 1, n_layers, n_layers])
 
-    def current(self, layers: Sequence[SparseLinear]) -> bool:
+    def current(self, layers: Sequence[nn.Module]) -> bool:
         """Whether ``layers`` are this run's layers with the same index buffers at the same addresses."""
         if len(layers) != len(self.refs):
             return False
@@ -165,7 +165,7 @@ class _Table:
 _RUNS: weakref.WeakKeyDictionary[SparseLinear, dict[tuple[int, bytes], _FusedRun]] = weakref.WeakKeyDictionary()
 
 
-def _fused_run(layers: Sequence[SparseLinear], relu: Sequence[bool]) -> _FusedRun:
+def _fused_run(layers: Sequence[nn.Module], relu: Sequence[bool]) -> _FusedRun:
     """The cached :class:`_FusedRun` of ``layers``, rebuilt when their index buffers changed."""
     key = (len(layers), bytes(int(bool(r)) for r in relu))
     per_layer = _RUNS.get(layers[0])
@@ -240,14 +240,25 @@ class _SparseReluChain(torch.autograd.Function):
 NO_GRAD_ACTIVATIONS = 32 << 20
 
 
-def _dtype(layer: nn.Module) -> torch.dtype:
-    return (layer._parameters["weight"] if type(layer) is nn.Linear else layer._parameters["values"]).dtype
+def _weight(layer: nn.Module) -> Tensor:
+    """The link values of a SparseLinear, the weight of a dense ``nn.Linear`` (read from
+    ``_parameters``, not through ``Module.__getattr__``: this runs at every step)."""
+    own = layer._parameters
+    return own["weight"] if type(layer) is nn.Linear else own["values"]
 
 
-def sparse_relu_chain(x: Tensor, layers: Sequence[SparseLinear], relu: Sequence[bool]) -> Tensor:
+def _params_fit(layer: nn.Module, dtype: torch.dtype) -> bool:
+    """No hook on ``layer`` would act now and its weight (values) and bias are CPU ``dtype``."""
+    weight, bias = _weight(layer), layer._parameters.get("bias")
+    return (_no_hooks(layer) and weight.dtype == dtype and weight.device.type == "cpu"
+            and (bias is None or bias.dtype == dtype))
+
+
+def sparse_relu_chain(x: Tensor, layers: Sequence[nn.Module], relu: Sequence[bool]) -> Tensor:
     """``x`` through ``layers`` (a ReLU after layer ``i`` where ``relu[i]``) as one autograd node.
 
-    The caller checks :func:`chain_eligible` for every layer; ``x`` is 2-D ``(N, in)``.
+    The caller checks that the layers can fuse (:func:`chain_eligible`; a last dense
+    ``nn.Linear`` as :func:`sequential_forward` plans it); ``x`` is 2-D ``(N, in)``.
     """
     kernels = _cpu_ext.load()
     if kernels is None:
@@ -255,8 +266,7 @@ def sparse_relu_chain(x: Tensor, layers: Sequence[SparseLinear], relu: Sequence[
     run = _fused_run(layers, relu)
     params: list[Tensor | None] = []
     for layer in layers:
-        own = layer._parameters
-        params += [own["weight"] if type(layer) is nn.Linear else own["values"], own.get("bias")]
+        params += [_weight(layer), layer._parameters.get("bias")]
     return _SparseReluChain.apply(x, run, kernels, *params)
 
 
@@ -284,9 +294,7 @@ def _global_hooks() -> bool:
 def chain_eligible(layer: nn.Module, x: Tensor) -> bool:
     """Whether ``layer`` can run inside a fused chain on input ``x`` without any visible change."""
     return (
-        type(layer) is SparseLinear and _no_hooks(layer)
-        and x.dtype == layer.values.dtype and (layer.bias is None or layer.bias.dtype == x.dtype)
-        and x.device.type == "cpu" and layer.values.device.type == "cpu"
+        type(layer) is SparseLinear and x.device.type == "cpu" and _params_fit(layer, x.dtype)
         and resolve(getattr(layer, "backend", "auto"), "cpu", x.dtype) == "cpp"
     )
 
@@ -294,12 +302,11 @@ def chain_eligible(layer: nn.Module, x: Tensor) -> bool:
 def _dense_tail(layer: nn.Module, x: Tensor, width: int) -> bool:
     """Whether a dense ``nn.Linear`` reading ``width`` features can close a fused run (small,
     contiguous, no hooks)."""
-    if type(layer) is not nn.Linear or not _no_hooks(layer) or layer.in_features != width:
+    if type(layer) is not nn.Linear or layer.in_features != width or not _params_fit(layer, x.dtype):
         return False
-    weight, bias = layer._parameters["weight"], layer._parameters.get("bias")
+    weight = _weight(layer)
     return (weight.numel() <= DENSE_TAIL_MAX and tuple(weight.shape) == (layer.out_features, width)
-            and weight.dtype == x.dtype and weight.device.type == "cpu" and weight.is_contiguous()
-            and (bias is None or bias.dtype == x.dtype))
+            and weight.is_contiguous())
 
 
 def _plan(modules: list[nn.Module], x: Tensor) -> list[tuple[int, int, list[bool]]]:
@@ -318,10 +325,7 @@ def _plan(modules: list[nn.Module], x: Tensor) -> list[tuple[int, int, list[bool
             backend = getattr(layer, "backend", "auto")
             if backend not in resolved:
                 resolved[backend] = resolve(backend, "cpu", x.dtype) == "cpp"
-            params = layer._parameters  # not through Module.__getattr__: this runs at every step
-            values, bias = params["values"], params.get("bias")
-            if not (resolved[backend] and _no_hooks(layer) and values.dtype == x.dtype
-                    and values.device.type == "cpu" and (bias is None or bias.dtype == x.dtype)):
+            if not (resolved[backend] and _params_fit(layer, x.dtype)):
                 break
             j += 1
             width = layer.out_features
@@ -360,9 +364,9 @@ def sequential_forward(seq: nn.Sequential, x: Tensor) -> Tensor:
         layers = [modules[k] for k in range(start, stop) if type(modules[k]) is not nn.ReLU]
         # without autograd (evaluation) a chain holds every layer's activations only for the call:
         # fused up to NO_GRAD_ACTIVATIONS bytes, module by module (one scratch buffer) beyond
-        fits = grad or x.shape[0] * (x.shape[1] + sum(m.out_features for m in layers)) * x.element_size() \
-            <= NO_GRAD_ACTIVATIONS
-        if fits and x.dim() == 2 and x.shape[1] == layers[0].in_features and x.dtype == _dtype(layers[0]):
+        if (x.dim() == 2 and x.shape[1] == layers[0].in_features and x.dtype == _weight(layers[0]).dtype
+                and (grad or x.shape[0] * (x.shape[1] + sum(m.out_features for m in layers)) * x.element_size()
+                     <= NO_GRAD_ACTIVATIONS)):
             x = sparse_relu_chain(x, layers, relu)
         else:  # the modules raise the error (or handle the input) as they would unfused
             for module in modules[start:stop]:

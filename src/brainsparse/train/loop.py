@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..engine import DynamicSparseEngine
 from ..errors import BrainsparseError
 from .checkpoint import save_checkpoint, write_jsonl
-from .common import restore_training_state, topology_record
+from .common import clear_grads, restore_training_state, topology_record
 
 
 @dataclass
@@ -141,7 +141,7 @@ def run_steps(
         lr = run.lr_at(step, last_update_step(run.engine))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        run.optimizer.zero_grad(set_to_none=True)
+        clear_grads(run.optimizer)
         loss, n = run.loss_of(batch)
         value = float(loss.detach())
         if not math.isfinite(value):
