@@ -954,9 +954,22 @@ void chain_forward(i64 L, i64 N, const i64* dims, const i64* const* crow, const 
   }
 }
 
-// gb[r] = (first ? 0 : gb[r]) + the sum of the panel row r, samples ascending (as the pack's sums)
+// gb[r] = (first ? 0 : gb[r]) + the sum of the panel row r, samples ascending (as the pack's sums).
+// L rows at a time, transposed so that they are the lanes of one vector: each lane still adds its
+// row's samples in order, without the latency of one scalar chain per row.
 template <typename T> inline void row_sums(const T* g, i64 w, bool first, T* gb, i64 r0, i64 r1) {
-  for (i64 r = r0; r < r1; ++r) {
+  constexpr i64 L = 32 / sizeof(T);
+  alignas(64) T tb[panel<T>() * L];
+  alignas(32) T s[L];
+  i64 r = r0;
+  for (; r + L <= r1; r += L) {
+    copy_t<T>(g + r * w, w, tb, L, L, w, nullptr);  // tb[i * L + k] = g[(r + k) * w + i]
+    typename Vec<T>::type acc = splat<T>(T(0));
+    for (i64 i = 0; i < w; ++i) acc += load<T>(tb + i * L);
+    store<T>(s, acc);
+    for (i64 k = 0; k < L; ++k) gb[r + k] = first ? s[k] : gb[r + k] + s[k];
+  }
+  for (; r < r1; ++r) {
     T acc = T(0);
     for (i64 i = 0; i < w; ++i) acc += g[r * w + i];
     gb[r] = first ? acc : gb[r] + acc;
@@ -965,8 +978,7 @@ template <typename T> inline void row_sums(const T* g, i64 w, bool first, T* gb,
 
 // zero g where keep <= 0 (ReLU's backward), elements [i0, i1)
 template <typename T> inline void relu_mask(T* g, const T* keep, i64 i0, i64 i1) {
-  for (i64 i = i0; i < i1; ++i)
-    if (keep[i] <= T(0)) g[i] = T(0);
+  for (i64 i = i0; i < i1; ++i) g[i] = keep[i] <= T(0) ? T(0) : g[i];  // a plain store: no masked store
 }
 
 // Per panel: grad_y packed (through the last ReLU), then from the last layer down the bias sums,
