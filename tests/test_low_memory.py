@@ -97,7 +97,7 @@ def test_soft_selection_in_blocks_is_the_one_gumbel_sample_of_all_candidates(mon
     pos = (cand.reshape(-1) & (flat > 0)).nonzero().squeeze(1)
     keys = gumbel_keys(flat[pos].double().log() * temperature, gen(9))
     expected = pos[torch.topk(keys, k).indices]
-    monkeypatch.setattr(selection, "ROW_BLOCK_ENTRIES", 64)  # 19 blocks
+    monkeypatch.setattr(selection, "SOFT_BLOCK_ENTRIES", 64)  # 19 blocks
     got = select_index(scores, k, cand, rule="soft", temperature=temperature, generator=gen(9))
     assert torch.equal(got, expected)
 
