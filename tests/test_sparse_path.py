@@ -95,3 +95,35 @@ def test_auto_kernel_picks_sparse_at_low_density():
     assert engine.layers["layers.0"].sparse_kernel
     engine = bs.sparsify(MLP([64, 64, 3]), None, method="static", density=0.9, kernel="auto")
     assert not engine.layers["layers.0"].sparse_kernel
+
+
+def test_updates_after_the_decay_remove_on_the_links_and_choose_as_the_dense_scores(monkeypatch):
+    """Once CHTss has reached its density, an update's layers are not shrunk copies: soft
+    magnitude removal reads the link values (no dense score array) and picks the links, with the
+    same random numbers, that the dense scores pick."""
+    from brainsparse.engine import update as update_module
+
+    def after_decay(dense_removal):
+        model, opt, engine = _pair("chtss", "sparse", sizes=(20, 48, 48, 3), density=0.1)
+        if dense_removal:  # what the layers' removal does without link values: the dense scores
+            for layer in engine.layers.values():
+                monkeypatch.setattr(layer.storage, "link_values", lambda: None)
+        _train(model, opt, engine, 2)
+        engine.step_count = 90  # past the decay window (80 % of 100 steps)
+        engine.update()  # the update that prunes to the target
+        dense_selections = []
+        original = update_module.select
+        monkeypatch.setattr(update_module, "select", lambda *a, **k: dense_selections.append(1) or original(*a, **k))
+        engine.step_count = 93
+        record = engine.update()
+        monkeypatch.setattr(update_module, "select", original)
+        assert all(layer["pruned"] == 0 and layer["removed"] > 0 for layer in record["layers"].values())
+        return {n: layer.mask.clone() for n, layer in engine.layers.items()}, len(dense_selections)
+
+    on_links, dense_calls = after_decay(dense_removal=False)
+    assert dense_calls == 0
+    dense, dense_calls = after_decay(dense_removal=True)
+    assert dense_calls == len(dense)
+    assert on_links.keys() == dense.keys()
+    for name in dense:
+        assert torch.equal(on_links[name], dense[name]), name

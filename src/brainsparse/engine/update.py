@@ -81,7 +81,10 @@ def gradual_prune(engine: DynamicSparseEngine, global_density: float) -> dict[st
         for n, l in engine.layers.items()
     }
     if not engine.components.global_prune:
-        return {n: prune(engine, l, l.mask, targets[n], score) for n, l in engine.layers.items()}
+        # only layers above their scheduled count: the others (every layer once the density is
+        # reached) stay out, so their removal reads the links themselves instead of dense scores
+        return {n: prune(engine, l, l.mask, targets[n], score) for n, l in engine.layers.items()
+                if l.links > targets[n]}
     total = sum(targets.values())
     if sum(l.links for l in engine.layers.values()) <= total:
         return {}
