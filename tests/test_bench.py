@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from brainsparse.bench import bench_layers, bench_memory, bench_scoring, markdown
 
@@ -60,13 +61,17 @@ def test_peak_part_runs_each_run_in_its_own_process(mnist_dir):
     from brainsparse.bench import markdown
     from brainsparse.bench_peak import _child, bench_peak_memory
 
+    ballast = torch.ones(400_000_000)  # 1.6 GB resident here: the child process must not report it
     rows = bench_peak_memory(data_dir=str(mnist_dir), runs=("set",), steps=4, density=0.1, hidden=(64, 64))
+    del ballast
     assert [r["run"] for r in rows] == ["set"] and rows[0]["updates"] >= 1
     assert rows[0]["peak_rss_mib"] > 50  # PyTorch alone takes more
     phases = rows[0]["phases"]
     assert list(phases) == ["start", "data", "model", "sparsify", "training", "evaluation"]
     if phases["evaluation"]["peak_so_far_mib"] is not None:  # Linux: /proc/self/status
         assert phases["data"]["peak_so_far_mib"] <= phases["evaluation"]["peak_so_far_mib"]
+        # the child's own peak (ru_maxrss would carry this process's 1.6 GB over fork and exec)
+        assert abs(rows[0]["peak_rss_mib"] - phases["evaluation"]["peak_so_far_mib"]) < 16
     # a plain run, here in this process (the same code the child process runs)
     plain = _child("plain-dense", "mnist", str(mnist_dir), 4, 0.1, hidden=(64, 64))
     assert plain["density"] == 1.0 and plain["updates"] == 0 and "sparsify" not in plain["phases"]

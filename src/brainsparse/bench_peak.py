@@ -30,7 +30,11 @@ DEFAULT_RUNS = ("plain-dense", "plain-dense-uint8", "chts", "set", "rigl")
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """Peak resident memory of this process in MiB: ``VmHWM`` where ``/proc`` has it. (Linux keeps
+    ``ru_maxrss`` across ``fork`` and ``exec``: a run started from a big process would report the
+    parent's peak.)"""
+    hwm = _status_mib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _status_mib(field: str) -> float | None:
