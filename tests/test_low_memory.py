@@ -334,3 +334,46 @@ def test_sparse_path_updates_allocate_nothing_larger_than_a_dense_float_layer(me
         assert largest.cpu_memory_usage <= dense_float, largest.name
     else:
         assert largest.cpu_memory_usage < dense_float, largest.name
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 999, 70_003])
+def test_skipping_a_permutation_leaves_the_generator_where_drawing_it_does(n):
+    from brainsparse._random import skip_randperm
+
+    drawn, skipped = gen(n), gen(n)
+    randperm(n, generator=drawn, device=torch.device("cpu"))
+    assert skip_randperm(n, generator=skipped)
+    assert torch.equal(drawn.get_state(), skipped.get_state())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_without_a_tie_at_the_boundary_skips_the_tie_break_permutation(monkeypatch, ties):
+    """Distinct scores: the tie-break permutation cannot matter, so it is skipped (the generator
+    moves past it); equal scores at the k-th score still draw it. Either way the choice, its order
+    (distinct scores; with ties the permuted order as before) and the generator's state equal
+    those of always drawing it."""
+    g = gen(11)
+    scores = torch.rand(60, 50, generator=g, dtype=torch.float64)
+    if ties:
+        scores = (scores * 8).floor() + 1  # eight distinct values: ties everywhere
+    cand = torch.rand(60, 50, generator=g) > 0.3
+    index = cand.reshape(-1).nonzero().squeeze(1)
+    calls: list[int] = []
+    real_perm, real_skip = selection.randperm, selection.skip_randperm
+    allow_skip = [True]
+    monkeypatch.setattr(selection, "randperm", lambda *a, **kw: calls.append(a[0]) or real_perm(*a, **kw))
+    monkeypatch.setattr(selection, "skip_randperm", lambda n, generator: allow_skip[0] and real_skip(n, generator=generator))
+
+    def run(skip):
+        allow_skip[0] = skip
+        calls.clear()
+        ga, gb = gen(3), gen(3)
+        rows = select_index_rows(lambda a, b: scores[a:b], 400, cand, generator=ga, entries=200)
+        ranked = selection._ranked(index, scores.reshape(-1)[index], 300, gb)
+        return (rows, ranked, ga.get_state(), gb.get_state()), list(calls)
+
+    fast, drawn_fast = run(skip=True)
+    reference, drawn_reference = run(skip=False)
+    assert len(drawn_reference) == 2 and drawn_fast == (drawn_reference if ties else [])
+    for a, b in zip(fast, reference):
+        assert torch.equal(a, b)

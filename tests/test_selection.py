@@ -170,8 +170,11 @@ def test_select_index_is_select_as_indices(case, rule, frac, seed, use_fallback)
 
 
 def test_ranked_equals_a_full_stable_sort_of_the_permuted_candidates():
-    """_ranked skips sorting all candidates; the choice, its order and the random stream are
-    those of the full stable sort (ties, integer keys, NaN, no generator)."""
+    """_ranked skips sorting all candidates; the choice and the random stream are those of the
+    full stable sort (ties, integer keys, NaN, no generator), in descending key order. Where no
+    tie at the k-th key needs breaking it skips the permutation too (the generator moves past
+    it), and equal keys among the chosen keep candidate order; otherwise the order is the
+    permuted one as well."""
     from brainsparse.selection import _ranked
 
     def reference(index, keys, k, generator):
@@ -191,9 +194,18 @@ def test_ranked_equals_a_full_stable_sort_of_the_permuted_candidates():
         if trial % 5 == 0 and keys.is_floating_point():
             keys[torch.randint(0, n, (2,), generator=g)] = float("nan")
         index = torch.randperm(n, generator=g) * 3
+        boundary_tie = k < n and not bool(torch.isnan(keys.double()).any()) and \
+            int((keys >= torch.topk(keys, k).values.min()).sum()) > k
         for seeded in (False, True):
             gens = [torch.Generator().manual_seed(9) if seeded else None for _ in range(2)]
-            assert torch.equal(_ranked(index, keys, k, gens[0]), reference(index, keys, k, gens[1])), trial
+            got, expected = _ranked(index, keys, k, gens[0]), reference(index, keys, k, gens[1])
+            assert torch.equal(got.sort().values, expected.sort().values), trial
+            if seeded and boundary_tie or bool(torch.isnan(keys.double()).any()):
+                assert torch.equal(got, expected), trial  # the permuted order itself
+            position = {int(v): i for i, v in enumerate(index)}
+            got_keys = keys[[position[int(v)] for v in got]]
+            if k < n and not bool(torch.isnan(got_keys.double()).any()):  # (k >= n: all, as given)
+                assert bool((got_keys[:-1] >= got_keys[1:]).all()), trial
             if seeded:
                 assert torch.equal(gens[0].get_state(), gens[1].get_state())
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._random import drawing_generator, rand, randperm
+from ._random import drawing_generator, rand, randperm, skip_randperm
 from ._validation import check_choice
 from .errors import BrainsparseError
 
@@ -47,15 +47,23 @@ def _random_pick(index: Tensor, k: int, generator: torch.Generator | None) -> Te
     return index[perm[:k]]
 
 
+def _skip_tie_break(n_relevant: int, k: int, n: int, generator: torch.Generator) -> bool:
+    """Whether the random order of all ``n`` candidates (the tie-break) can be skipped, the
+    generator moved past it: exactly ``k`` keys are at least the k-th largest, so no tie at the
+    boundary needs breaking and the choice is the same whatever the order (equal keys among the
+    chosen come back in candidate order instead of the permuted one)."""
+    return n_relevant == k and skip_randperm(n, generator=generator)
+
+
 def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
     """The ``k`` entries of ``index`` with the largest ``keys``; ties broken uniformly at random."""
     if k <= 0:
         return index[:0]
     if k >= index.numel():
         return index
-    perm = randperm(index.numel(), generator=generator, device=index.device) if generator is not None else None
     if keys.is_floating_point() and bool(torch.isnan(keys).any()):
-        if perm is not None:
+        if generator is not None:
+            perm = randperm(index.numel(), generator=generator, device=index.device)
             index, keys = index.index_select(0, perm), keys.index_select(0, perm)
         return index[torch.argsort(keys, descending=True, stable=True)[:k]]
     # The same result (and order) as index[perm][argsort(keys[perm], descending, stable)[:k]],
@@ -63,8 +71,12 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
     # splits them into sure winners (>) and ties (==), of which the first in permuted order win.
     kth = torch.topk(keys, k, sorted=False).values.min()
     relevant = keys >= kth
-    # (index_select takes the int32 permutation as it is; plain indexing would copy it to int64)
-    pos = relevant.nonzero().squeeze(1) if perm is None else perm[relevant.index_select(0, perm).nonzero().squeeze(1)]
+    if generator is None or _skip_tie_break(count(relevant), k, index.numel(), generator):
+        pos = relevant.nonzero().squeeze(1)
+    else:
+        perm = randperm(index.numel(), generator=generator, device=index.device)
+        # (index_select takes the int32 permutation as it is; plain indexing would copy it to int64)
+        pos = perm[relevant.index_select(0, perm).nonzero().squeeze(1)]
     pk = keys[pos]
     above = pk > kth
     tie = pk == kth
@@ -287,13 +299,13 @@ def select_index_rows(
         return _with_zero_scores(idx, k, cand.reshape(-1), fallback, generator)
     # _ranked over the pool: the k-th largest score splits it into sure winners and ties, of
     # which the first in the permuted order of all positive candidates win
-    perm = randperm(n_pos, generator=generator, device=device) if generator is not None else None
     kth = torch.topk(val, k, sorted=False).values.min()
     relevant = val >= kth
     val, idx, rank = val[relevant], idx[relevant], rank[relevant]  # rank stays ascending
-    if perm is None:
+    if generator is None or _skip_tie_break(val.numel(), k, n_pos, generator):
         order = torch.arange(rank.numel(), device=device)
     else:
+        perm = randperm(n_pos, generator=generator, device=device)
         is_relevant = torch.zeros(n_pos, dtype=torch.bool, device=device)
         is_relevant[rank] = True
         order = torch.searchsorted(rank, perm[is_relevant.index_select(0, perm).nonzero().squeeze(1)].long())
