@@ -38,6 +38,19 @@ def test_scoring_rows_time_both_implementations_and_parts_carry_over(tmp_path):
     assert "carried_over" not in full
 
 
+def test_epoch_part_reports_the_median_of_several_sparse_runs(mnist_dir):
+    from brainsparse.bench import bench_epoch
+
+    dense, sparse = bench_epoch(data_dir=str(mnist_dir), train_subset=320, sparse_repeats=3, hidden=(64, 64))
+    assert dense["kernel"] == "dense" and dense["epoch_s_all"] == [dense["epoch_s"]]
+    assert sparse["kernel"] == "sparse" and len(sparse["epoch_s_all"]) == 3
+    assert sparse["epoch_s"] == sorted(sparse["epoch_s_all"])[1]  # the median run's row
+    assert sparse["speedup_vs_dense_masked"] == pytest.approx(dense["epoch_s"] / sparse["epoch_s"])
+    text = markdown({"machine": {"platform": "x", "torch": "t", "threads": 1, "sparse_backend": "cpp"},
+                     "epoch": [dense, sparse]})
+    assert "median of 3 fresh runs" in text and "faster than dense-masked" in text
+
+
 def test_decay_part_times_decayed_methods_on_the_sparse_path(mnist_dir):
     from brainsparse.bench import bench_decay
 

@@ -36,6 +36,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['kernel']} | {_fmt(r['epoch_s'])} | {_fmt(r.get('train_s'))} | "
                          f"{_fmt(r.get('topology_update_s'))} | {r['test_accuracy']:.4f} |")
         sparse = result["epoch"][-1]
+        runs = sparse.get("epoch_s_all") or [sparse["epoch_s"]]
+        if len(runs) > 1:
+            lines += ["", f"The sparse row is the median of {len(runs)} fresh runs ({', '.join(_fmt(t) for t in runs)}); "
+                      "the dense-masked epoch ran once."]
         lines += ["", f"Sparse path: {sparse['speedup_vs_dense_masked']:.1f}× faster than dense-masked"
                   + (f"; topology update = {100 * sparse['update_share_of_epoch']:.1f} % of the epoch." if "update_share_of_epoch" in sparse else "."), ""]
     if "decay" in result:
