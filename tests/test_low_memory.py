@@ -238,6 +238,21 @@ def test_pixel_batches_by_index_select_equal_indexing():
     assert images.batch(idx).dtype == torch.float32
 
 
+@pytest.mark.parametrize("n, batch", [(200, 3), (64 * 3 + 5, 3), (10, 32)])
+def test_epoch_batches_gathered_in_blocks_equal_one_gather_per_step(n, batch):
+    from brainsparse.train.classification import epoch_batches
+
+    images = PixelImages(torch.randint(0, 256, (n, 9), dtype=torch.uint8, generator=gen(6)), 1 / 255.0, 0.13)
+    labels = torch.randint(0, 10, (n,), generator=gen(7))
+    order = torch.randperm(n, generator=gen(8))
+    got = list(epoch_batches(images, labels, order, batch))
+    assert len(got) == -(-n // batch)
+    for b, (x, y) in enumerate(got):
+        idx = order[b * batch : (b + 1) * batch]
+        assert torch.equal(x, images.batch(idx)) and torch.equal(y, labels[idx])
+        assert x.is_contiguous()
+
+
 def test_clear_grads_drops_every_gradient():
     from brainsparse.train.common import clear_grads
 
