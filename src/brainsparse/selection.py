@@ -66,9 +66,11 @@ def _ranked(index: Tensor, keys: Tensor, k: int, generator: torch.Generator | No
             perm = randperm(index.numel(), generator=generator, device=index.device)
             index, keys = index.index_select(0, perm), keys.index_select(0, perm)
         return index[torch.argsort(keys, descending=True, stable=True)[:k]]
-    # The same result (and order) as index[perm][argsort(keys[perm], descending, stable)[:k]],
-    # without sorting or permuting all candidates (millions in a regrowth): the k-th largest key
-    # splits them into sure winners (>) and ties (==), of which the first in permuted order win.
+    # The same choice as index[perm][argsort(keys[perm], descending, stable)[:k]], without sorting
+    # or permuting all candidates (millions in a regrowth): the k-th largest key splits them into
+    # sure winners (>) and ties (==), of which the first in permuted order win. (Also the same
+    # order, except where no tie at the k-th key needs the permutation: then it is skipped and
+    # equal keys among the chosen come back in candidate order.)
     kth = torch.topk(keys, k, sorted=False).values.min()
     relevant = keys >= kth
     if generator is None or _skip_tie_break(count(relevant), k, index.numel(), generator):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -251,7 +252,7 @@ def train_classifier(
 GATHER_BATCHES = 64
 
 
-def epoch_batches(images: PixelImages, labels: Tensor, order: Tensor, batch_size: int):
+def epoch_batches(images: PixelImages, labels: Tensor, order: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """The batches ``(x, y)`` of one epoch in ``order``, ``batch_size`` rows each (the last may be
     shorter); each ``x`` is a view of a block of :data:`GATHER_BATCHES` batches gathered at once,
     with the values one gather of its rows gives."""
