@@ -7,6 +7,8 @@ move the result to where the data lives.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -43,7 +45,6 @@ def randperm(n: int, *, generator: torch.Generator | None, device: torch.device)
 #: below this size torch's CPU ``randperm`` draws its permutation with n − 1 32-bit numbers
 _SHORT_PERMUTATION = (1 << 32) // 20
 _ADVANCE_BLOCK = 1 << 18
-_ADVANCE_MATCHES: dict[str, bool] = {}
 
 
 def _advance(generator: torch.Generator, draws: int) -> None:
@@ -53,18 +54,17 @@ def _advance(generator: torch.Generator, draws: int) -> None:
         buf[: min(_ADVANCE_BLOCK, draws - start)].random_(0, 2, generator=generator)
 
 
+@functools.cache
 def _advance_matches_randperm() -> bool:
     """Whether :func:`_advance` of n − 1 numbers leaves a generator where ``torch.randperm(n)``
     does (checked once per process, on a few sizes)."""
-    if "cpu" not in _ADVANCE_MATCHES:
-        ok = True
-        for n in (2, 1000, 70001):
-            drawn, skipped = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
-            torch.randperm(n, generator=drawn, dtype=torch.int32)
-            _advance(skipped, n - 1)
-            ok = ok and torch.equal(drawn.get_state(), skipped.get_state())
-        _ADVANCE_MATCHES["cpu"] = ok
-    return _ADVANCE_MATCHES["cpu"]
+    for n in (2, 1000, 70001):
+        drawn, skipped = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
+        torch.randperm(n, generator=drawn, dtype=torch.int32)
+        _advance(skipped, n - 1)
+        if not torch.equal(drawn.get_state(), skipped.get_state()):
+            return False
+    return True
 
 
 def skip_randperm(n: int, *, generator: torch.Generator) -> bool:
